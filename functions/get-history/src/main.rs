@@ -1,0 +1,12 @@
+//! `GET /api/chat/history/{sessionId}`: the conversation, oldest first.
+
+use lambda_http::{Error, service_fn};
+use support_chat::{App, http};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Error> {
+    support_chat::telemetry::init();
+    let app: &'static App = Box::leak(Box::new(App::from_env().await?));
+    app.warm_up_in_background();
+    lambda_http::run(service_fn(move |req| http::get_history(app, req))).await
+}

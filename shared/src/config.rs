@@ -1,0 +1,387 @@
+//! Configuration, loaded and validated once per cold start.
+//!
+//! Sources, in order: the process environment, then (when
+//! `SSM_PARAMETER_PREFIX` is set) SSM Parameter Store for the secrets the
+//! environment does not set, fetched with a single `GetParameters` call with
+//! decryption. The SSM client is the stock `aws-sdk-ssm` one, so the SDK's own
+//! `AWS_ENDPOINT_URL_SSM` / `AWS_ENDPOINT_URL` overrides point it at an
+//! emulator; there is no other switch.
+//!
+//! Secrets are [`SecretString`]s: `Debug` prints `[REDACTED]`, and errors name
+//! a variable, never its value.
+
+use secrecy::{ExposeSecret, SecretString};
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::knowledge::Knowledge;
+
+/// Names that may come from SSM, relative to the prefix.
+pub const SSM_NAMES: [&str; 5] = [
+    "DATABASE_URL",
+    "CLAUDE_API_KEY",
+    "REDIS_URL",
+    "DATABASE_CA_CERT",
+    "STORE_KNOWLEDGE",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is required (set it in the environment or under SSM_PARAMETER_PREFIX)")]
+    Missing(&'static str),
+    #[error("{name} is invalid: {reason}")]
+    Invalid { name: String, reason: String },
+    #[error("SSM parameters under {prefix} could not be read: {reason}")]
+    Ssm { prefix: String, reason: String },
+}
+
+fn invalid(name: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        name: name.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Everything the functions need, typed.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    /// `None`: no cache and no rate limits.
+    pub redis: Option<RedisConfig>,
+    pub claude: ClaudeConfig,
+    pub limits: RateLimitConfig,
+    /// CORS allow-list (`ALLOWED_ORIGINS`).
+    pub allowed_origins: Vec<String>,
+    /// Used when an invocation carries no Lambda deadline (tests, local runs).
+    pub default_request_budget: Duration,
+    /// How long an `Idempotency-Key` claim is held by an in-flight request.
+    pub idempotency_lease: Duration,
+    /// Sessions untouched for longer are deleted by the cleanup function.
+    pub session_retention: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// `DATABASE_URL`; may carry a password.
+    pub url: SecretString,
+    /// `DATABASE_CA_CERT`: extra trusted CA(s), PEM (a path, or the PEM text).
+    pub ca_cert_pem: Option<Vec<u8>>,
+    /// `DATABASE_POOL_SIZE` (default 2): connections per Lambda instance.
+    pub pool_size: usize,
+    /// `DATABASE_CONNECT_TIMEOUT_MS` (default 3000): TCP+TLS+auth, and the wait for a pooled connection.
+    pub connect_timeout: Duration,
+    /// `DATABASE_STATEMENT_TIMEOUT_MS` (default 5000): bound on each statement, enforced client-side
+    /// (server-side `options` are not accepted by transaction poolers).
+    pub statement_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `REDIS_URL`: `redis://` or `rediss://` (TLS), with the password in the URL.
+    pub url: SecretString,
+    /// `REDIS_CA_CERT`: extra trusted CA, PEM (a path, or the PEM text).
+    pub ca_cert_pem: Option<Vec<u8>>,
+    /// `REDIS_CONNECT_TIMEOUT_MS` (default 1000).
+    pub connect_timeout: Duration,
+    /// `REDIS_TIMEOUT_MS` (default 150): bound on each command round trip.
+    pub op_timeout: Duration,
+    /// `HISTORY_CACHE_TTL_SECONDS` (default 86400).
+    pub history_ttl: Duration,
+    /// `REDIS_KEY_PREFIX` (default `chat`): lets stages share one database.
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClaudeConfig {
+    /// `CLAUDE_API_KEY`: without it every reply is the offline fallback.
+    pub api_key: Option<SecretString>,
+    /// `ANTHROPIC_BASE_URL` (default `https://api.anthropic.com`).
+    pub base_url: String,
+    /// `CLAUDE_MODEL` (default `claude-haiku-4-5`).
+    pub model: String,
+    /// `CLAUDE_MAX_TOKENS` (default 100).
+    pub max_tokens: u32,
+    /// `CLAUDE_ATTEMPT_TIMEOUT_MS` (default 5000): one HTTP attempt.
+    pub attempt_timeout: Duration,
+    /// `CLAUDE_MAX_ATTEMPTS` (default 3).
+    pub max_attempts: u32,
+    /// `CLAUDE_RESPONSE_MARGIN_MS` (default 1500): kept from the invocation's
+    /// remaining time to store the reply and answer.
+    pub response_margin: Duration,
+    /// `CLAUDE_CONTEXT_MESSAGES` (default 20): earlier messages sent as context.
+    pub context_messages: u32,
+    /// `CLAUDE_CONTEXT_CHARS` (default 12000): character budget of the context.
+    pub context_chars: usize,
+    /// The store facts (`STORE_KNOWLEDGE_PATH`, SSM `STORE_KNOWLEDGE`, or the bundled sample).
+    pub knowledge: Knowledge,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitConfig {
+    /// `RATE_LIMIT_PER_SESSION_PER_MINUTE` (default 20; 0 = off).
+    pub per_session: u32,
+    /// `RATE_LIMIT_PER_IP_PER_MINUTE` (default 60; 0 = off).
+    pub per_ip: u32,
+    /// `RATE_LIMIT_WINDOW_SECONDS` (default 60).
+    pub window: Duration,
+}
+
+/// Where configuration values come from: a plain map, so tests can build one
+/// without touching the process environment.
+#[derive(Debug, Clone, Default)]
+pub struct Env(HashMap<String, String>);
+
+impl Env {
+    pub fn from_process() -> Self {
+        Env(std::env::vars().collect())
+    }
+
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Env(pairs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect())
+    }
+
+    pub fn set(&mut self, k: impl Into<String>, v: impl Into<String>) {
+        self.0.insert(k.into(), v.into());
+    }
+
+    pub fn remove(&mut self, k: &str) {
+        self.0.remove(k);
+    }
+
+    /// A non-empty value.
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(|s| s.trim()).filter(|s| !s.is_empty())
+    }
+
+    fn parse<T: std::str::FromStr>(&self, k: &str, default: T) -> Result<T, ConfigError> {
+        match self.get(k) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| invalid(k, "not a valid number")),
+        }
+    }
+
+    fn millis(&self, k: &str, default_ms: u64) -> Result<Duration, ConfigError> {
+        let ms: u64 = self.parse(k, default_ms)?;
+        if ms == 0 {
+            return Err(invalid(k, "must be greater than 0"));
+        }
+        Ok(Duration::from_millis(ms))
+    }
+}
+
+impl Config {
+    /// Loads from the process environment and, if configured, SSM.
+    pub async fn load() -> Result<Self, ConfigError> {
+        Self::load_from(Env::from_process()).await
+    }
+
+    /// Fills what `env` lacks from SSM (when `SSM_PARAMETER_PREFIX` is set), then validates.
+    pub async fn load_from(mut env: Env) -> Result<Self, ConfigError> {
+        if let Some(prefix) = env.get("SSM_PARAMETER_PREFIX").map(str::to_owned) {
+            let wanted: Vec<&str> = SSM_NAMES
+                .iter()
+                .copied()
+                .filter(|n| env.get(n).is_none())
+                .collect();
+            if !wanted.is_empty() {
+                let found = fetch_ssm(&prefix, &wanted).await?;
+                for (name, value) in found {
+                    env.set(name, value);
+                }
+            }
+        }
+        Self::from_env(&env)
+    }
+
+    /// Validates a complete set of values (no I/O but reading CA/knowledge files).
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let database_url = env
+            .get("DATABASE_URL")
+            .ok_or(ConfigError::Missing("DATABASE_URL"))?;
+        crate::store::parse_database_url(database_url)
+            .map_err(|reason| invalid("DATABASE_URL", reason))?;
+
+        let redis = match env.get("REDIS_URL") {
+            None => None,
+            Some(url) => {
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    return Err(invalid(
+                        "REDIS_URL",
+                        "must start with redis:// or rediss://",
+                    ));
+                }
+                Some(RedisConfig {
+                    url: SecretString::from(url.to_owned()),
+                    ca_cert_pem: read_pem(env, "REDIS_CA_CERT")?,
+                    connect_timeout: env.millis("REDIS_CONNECT_TIMEOUT_MS", 1000)?,
+                    op_timeout: env.millis("REDIS_TIMEOUT_MS", 150)?,
+                    history_ttl: Duration::from_secs(
+                        env.parse("HISTORY_CACHE_TTL_SECONDS", 86_400)?,
+                    ),
+                    key_prefix: env.get("REDIS_KEY_PREFIX").unwrap_or("chat").to_owned(),
+                })
+            }
+        };
+
+        let base_url = env
+            .get("ANTHROPIC_BASE_URL")
+            .unwrap_or("https://api.anthropic.com")
+            .trim_end_matches('/')
+            .to_owned();
+        if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
+            return Err(invalid("ANTHROPIC_BASE_URL", "must be an http(s) URL"));
+        }
+        let max_tokens: u32 = env.parse("CLAUDE_MAX_TOKENS", 100)?;
+        if !(1..=8192).contains(&max_tokens) {
+            return Err(invalid("CLAUDE_MAX_TOKENS", "must be 1 to 8192"));
+        }
+        let knowledge = match (env.get("STORE_KNOWLEDGE_PATH"), env.get("STORE_KNOWLEDGE")) {
+            (Some(path), _) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    invalid("STORE_KNOWLEDGE_PATH", format!("cannot read the file: {e}"))
+                })?;
+                Knowledge::parse(&text).map_err(|r| invalid("STORE_KNOWLEDGE_PATH", r))?
+            }
+            (None, Some(text)) => {
+                Knowledge::parse(text).map_err(|r| invalid("STORE_KNOWLEDGE", r))?
+            }
+            (None, None) => Knowledge::bundled(),
+        };
+        let claude = ClaudeConfig {
+            api_key: env
+                .get("CLAUDE_API_KEY")
+                .map(|k| SecretString::from(k.to_owned())),
+            base_url,
+            model: env
+                .get("CLAUDE_MODEL")
+                .unwrap_or("claude-haiku-4-5")
+                .to_owned(),
+            max_tokens,
+            attempt_timeout: env.millis("CLAUDE_ATTEMPT_TIMEOUT_MS", 5000)?,
+            max_attempts: env.parse("CLAUDE_MAX_ATTEMPTS", 3u32)?.max(1),
+            response_margin: env.millis("CLAUDE_RESPONSE_MARGIN_MS", 1500)?,
+            context_messages: env.parse("CLAUDE_CONTEXT_MESSAGES", 20u32)?.min(200),
+            context_chars: env.parse("CLAUDE_CONTEXT_CHARS", 12_000usize)?.max(2_000),
+            knowledge,
+        };
+
+        let pool_size: usize = env.parse("DATABASE_POOL_SIZE", 2)?;
+        if pool_size == 0 {
+            return Err(invalid("DATABASE_POOL_SIZE", "must be at least 1"));
+        }
+        let database = DatabaseConfig {
+            url: SecretString::from(database_url.to_owned()),
+            ca_cert_pem: read_pem(env, "DATABASE_CA_CERT")?,
+            pool_size,
+            connect_timeout: env.millis("DATABASE_CONNECT_TIMEOUT_MS", 3000)?,
+            statement_timeout: env.millis("DATABASE_STATEMENT_TIMEOUT_MS", 5000)?,
+        };
+
+        let limits = RateLimitConfig {
+            per_session: env.parse("RATE_LIMIT_PER_SESSION_PER_MINUTE", 20)?,
+            per_ip: env.parse("RATE_LIMIT_PER_IP_PER_MINUTE", 60)?,
+            window: Duration::from_secs(env.parse("RATE_LIMIT_WINDOW_SECONDS", 60u64)?.max(1)),
+        };
+
+        let allowed_origins = env
+            .get("ALLOWED_ORIGINS")
+            .map(|v| {
+                v.split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_owned())
+                    .filter(|o| !o.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+
+        Ok(Config {
+            database,
+            redis,
+            claude,
+            limits,
+            allowed_origins,
+            default_request_budget: env.millis("REQUEST_BUDGET_MS", 15_000)?,
+            idempotency_lease: env.millis("IDEMPOTENCY_LEASE_MS", 60_000)?,
+            session_retention: Duration::from_secs(
+                env.parse::<u64>("SESSION_RETENTION_DAYS", 90)?.max(1) * 86_400,
+            ),
+        })
+    }
+
+    pub fn database_url(&self) -> &str {
+        self.database.url.expose_secret()
+    }
+}
+
+/// A PEM value given either inline or as a file path.
+fn read_pem(env: &Env, name: &str) -> Result<Option<Vec<u8>>, ConfigError> {
+    let Some(v) = env.get(name) else {
+        return Ok(None);
+    };
+    let pem = if v.starts_with("-----BEGIN") {
+        v.as_bytes().to_vec()
+    } else {
+        std::fs::read(v).map_err(|e| invalid(name, format!("cannot read the file: {e}")))?
+    };
+    if crate::tls::parse_certs(&pem)
+        .map(|c| c.is_empty())
+        .unwrap_or(true)
+    {
+        return Err(invalid(name, "holds no PEM certificate"));
+    }
+    Ok(Some(pem))
+}
+
+/// One `GetParameters` call (with decryption) for `names` under `prefix`.
+/// Missing optional parameters are simply absent from the result; a missing
+/// `DATABASE_URL` is reported by validation, by name.
+async fn fetch_ssm(prefix: &str, names: &[&str]) -> Result<Vec<(String, String)>, ConfigError> {
+    let prefix = prefix.trim_end_matches('/');
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .operation_attempt_timeout(Duration::from_secs(3))
+        .operation_timeout(Duration::from_secs(8))
+        .build();
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(timeouts)
+        .load()
+        .await;
+    let client = aws_sdk_ssm::Client::new(&sdk);
+    let full: Vec<String> = names.iter().map(|n| format!("{prefix}/{n}")).collect();
+    let out = client
+        .get_parameters()
+        .set_names(Some(full))
+        .with_decryption(true)
+        .send()
+        .await
+        .map_err(|e| ConfigError::Ssm {
+            prefix: prefix.to_owned(),
+            // The SDK's error display names the operation and service cause, not values.
+            reason: aws_sdk_ssm::error::DisplayErrorContext(&e).to_string(),
+        })?;
+    let mut found = Vec::new();
+    for p in out.parameters() {
+        let (Some(name), Some(value)) = (p.name(), p.value()) else {
+            continue;
+        };
+        if let Some(short) = name.strip_prefix(prefix).map(|n| n.trim_start_matches('/')) {
+            found.push((short.to_owned(), value.to_owned()));
+        }
+    }
+    let missing: Vec<&str> = out
+        .invalid_parameters()
+        .iter()
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        tracing::info!(
+            ?missing,
+            "SSM parameters not found (optional ones are left unset)"
+        );
+    }
+    Ok(found)
+}
