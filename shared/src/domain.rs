@@ -138,8 +138,10 @@ pub struct History {
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
-    /// 1 to 255 printable ASCII characters (space through tilde).
+    /// 1 to 255 printable ASCII characters (space through tilde), not all
+    /// blank; surrounding blanks are not part of the key.
     pub fn parse(raw: &[u8]) -> Result<Self, Error> {
+        let raw = raw.trim_ascii();
         if raw.is_empty() || raw.len() > 255 || !raw.iter().all(|b| (0x20..=0x7e).contains(b)) {
             return Err(Error::InvalidIdempotencyKey);
         }
@@ -190,6 +192,7 @@ mod tests {
     fn idempotency_key_must_be_printable_ascii() {
         assert!(IdempotencyKey::parse(b"abc-123").is_ok());
         assert!(IdempotencyKey::parse(b"").is_err());
+        assert!(IdempotencyKey::parse(b"   ").is_err());
         assert!(IdempotencyKey::parse(&[b'a'; 256]).is_err());
         assert!(IdempotencyKey::parse(&[b'a'; 255]).is_ok());
         assert!(IdempotencyKey::parse(b"a\nb").is_err());

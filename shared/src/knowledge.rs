@@ -298,7 +298,14 @@ impl Knowledge {
         let topic = self.topic_of(message);
         let contact = self
             .section(Topic::Contact)
-            .map(|s| format!("\n\nNeed a person? {}", s.body.trim().replace('\n', " ")))
+            .map(|s| {
+                let lines: Vec<&str> = s
+                    .body
+                    .lines()
+                    .map(|l| l.trim_start_matches(['-', '*', ' ']))
+                    .collect();
+                format!("\n\nNeed a person? {}", lines.join(" "))
+            })
             .unwrap_or_default();
         let reply = match topic {
             Topic::Greeting => format!(

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# `make test`: everything CI checks. Starts what is missing (PostgreSQL,
+# Redis, the TLS servers, PgBouncer, moto), then runs formatting, lints, the
+# template checks, every Rust test and the end-to-end run through cargo-lambda.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+started=$(date +%s)
+
+step() { printf '\n==> %s (%ss)\n' "$*" "$(( $(date +%s) - started ))" >&2; }
+
+step "tools"
+scripts/tools.sh all >&2
+export PATH="$ROOT/.venv/bin:$PATH"
+
+step "services"
+eval "$(scripts/services.sh)"
+eval "$(scripts/tls-services.sh)"
+eval "$(scripts/moto.sh)"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "template: cfn-lint and sam validate --lint"
+scripts/check-template.sh
+
+step "cargo test"
+cargo test --workspace --locked --no-fail-fast -- --test-threads 4
+
+if [ -x scripts/e2e.sh ]; then
+  step "end to end: sam build, cargo lambda watch and invoke"
+  scripts/e2e.sh
+fi
+
+step "all checks passed"
