@@ -211,7 +211,9 @@ async fn bad_inputs_get_the_exact_error_and_change_nothing() {
     let long = "a".repeat(2001);
     let emoji_over = "😀".repeat(2001);
     let big = format!(r#"{{"message":"hi","pad":"{}"}}"#, "x".repeat(17 * 1024));
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, u16, &str)> = vec![
+    // (case, body, extra headers, status, code)
+    type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "missing message",
             r#"{"sessionId":null}"#.into(),

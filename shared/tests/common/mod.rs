@@ -127,9 +127,8 @@ pub mod url_like {
     impl Url {
         pub fn set_db(&mut self, db: &str) {
             let scheme_end = self.base.find("://").map(|i| i + 3).unwrap_or(0);
-            match self.base[scheme_end..].find('/') {
-                Some(i) => self.base.truncate(scheme_end + i),
-                None => {}
+            if let Some(i) = self.base[scheme_end..].find('/') {
+                self.base.truncate(scheme_end + i);
             }
             self.base = format!("{}/{db}", self.base);
         }
@@ -497,4 +496,56 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("timed out waiting for: {what}");
+}
+
+/// A fake Messages API that answers every request with `text` and keeps
+/// nothing (wiremock keeps every matched request, which would swamp a
+/// memory measurement). HTTP/1.1 keep-alive, one task per connection.
+pub async fn fake_claude_forgetful(text: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = claude_says(text).to_string();
+    let response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let response = response.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::with_capacity(16 * 1024);
+                let mut chunk = [0u8; 8192];
+                loop {
+                    // Read one request: headers, then content-length bytes.
+                    let (head_end, len) = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                            let len = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            break (i + 4, len);
+                        }
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    while buf.len() < head_end + len {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..head_end + len);
+                    if sock.write_all(response.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
 }
