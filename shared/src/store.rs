@@ -93,6 +93,8 @@ pub enum Claim {
 pub struct Store {
     pool: Pool,
     statement_timeout: Duration,
+    /// For cancel requests, which open a connection of their own.
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
 }
 
 impl std::fmt::Debug for Store {
@@ -183,7 +185,7 @@ impl Store {
         let (pg, tls) = connector(cfg).map_err(Error::internal)?;
         let manager = Manager::from_config(
             pg,
-            tls,
+            tls.clone(),
             // Fast: reuse without a test query (no extra round trip); a closed
             // connection is still detected and replaced.
             ManagerConfig {
@@ -201,6 +203,7 @@ impl Store {
         Ok(Store {
             pool,
             statement_timeout: cfg.statement_timeout,
+            tls,
         })
     }
 
@@ -208,8 +211,8 @@ impl Store {
         Ok(self.pool.get().await?)
     }
 
-    /// Runs one statement within the statement timeout. A timed-out
-    /// connection is detached from the pool: its state is unknown.
+    /// Runs one statement within the statement timeout. On timeout the
+    /// statement is cancelled on the server and the connection leaves the pool.
     async fn query(
         &self,
         sql: &str,
@@ -221,6 +224,15 @@ impl Store {
         match res {
             Ok(rows) => Ok(rows?),
             Err(_) => {
+                // Cancel on the server, so the statement cannot commit after we answered 503.
+                let token = client.cancel_token();
+                let cancel = token.cancel_query(self.tls.clone());
+                if tokio::time::timeout(Duration::from_secs(1), cancel)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("could not cancel a timed-out statement in time");
+                }
                 drop(Object::take(client));
                 Err(Error::Unavailable("database statement timed out".into()))
             }

@@ -501,3 +501,53 @@ async fn a_soak_of_5000_mixed_requests_has_no_5xx_loses_nothing_and_does_not_gro
         "memory grew from {rss_start} KiB to {rss_end} KiB"
     );
 }
+
+#[tokio::test]
+async fn a_hanging_statement_is_cut_off_by_the_statement_timeout() {
+    let mut h = Harness::new().await;
+    let mut opts = Options::default();
+    opts.extra
+        .push(("DATABASE_STATEMENT_TIMEOUT_MS".into(), "500".into()));
+    h.reconfigure(opts);
+    h.db.client()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(5); RETURN NEW; END $$;
+             CREATE TRIGGER slow BEFORE INSERT ON chat_messages FOR EACH ROW EXECUTE FUNCTION slow();",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let r = h.post(&json_body("hello", None)).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (503, "service_unavailable"),
+        "{}",
+        r.raw
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // The statement was cancelled on the server: nothing commits after the 503.
+    let db = &h.db;
+    eventually("the cancelled statement to end", || async {
+        db.count("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%chat_sessions%' AND state = 'active' AND pid <> pg_backend_pid()").await == 0
+    })
+    .await;
+    assert_eq!(
+        h.db.messages().await,
+        0,
+        "the timed-out insert did not commit"
+    );
+    assert_eq!(h.db.sessions().await, 0);
+    // Without the trigger, the same app works again (the stuck connection was discarded).
+    h.db.client()
+        .await
+        .batch_execute("DROP TRIGGER slow ON chat_messages")
+        .await
+        .unwrap();
+    let r = h.post(&json_body("hello again", None)).await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+}
