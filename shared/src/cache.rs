@@ -114,6 +114,7 @@ return retry";
 pub struct Cache {
     conn: ConnectionManager,
     op_timeout: Duration,
+    connect_timeout: Duration,
     ttl_secs: u64,
     version_ttl_secs: u64,
     prefix: String,
@@ -157,6 +158,7 @@ impl Cache {
         Ok(Cache {
             conn,
             op_timeout: cfg.op_timeout,
+            connect_timeout: cfg.connect_timeout,
             ttl_secs,
             version_ttl_secs: ttl_secs + 3600,
             prefix: cfg.key_prefix.clone(),
@@ -173,13 +175,14 @@ impl Cache {
         )
     }
 
-    /// Bounds a call by `op_timeout`. The first call of a cold container
-    /// also has to connect, which gets the connect timeout on top.
+    /// A backstop around each call. The client already bounds each
+    /// command by `op_timeout` (response timeout) and each (re)connect by
+    /// `connect_timeout`; a call that has to connect first may need both.
     async fn bounded<T>(
         &self,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> CacheResult<T> {
-        match tokio::time::timeout(self.op_timeout, fut).await {
+        match tokio::time::timeout(self.op_timeout + self.connect_timeout, fut).await {
             Ok(r) => Ok(r?),
             Err(_) => Err(CacheError::Timeout),
         }

@@ -94,8 +94,8 @@ impl App {
         })
     }
 
-    /// Opens a database connection while the runtime waits for the first
-    /// event, so the first request does not pay for it.
+    /// Opens the database and Redis connections while the runtime waits for
+    /// the first event, so the first request does not pay for them.
     pub fn warm_up_in_background(&self) {
         let store = self.store.clone();
         tokio::spawn(async move {
@@ -103,6 +103,13 @@ impl App {
                 warn!(error = %e, "database warm-up failed; the first request will retry");
             }
         });
+        if let Some(cache) = self.cache.clone() {
+            tokio::spawn(async move {
+                if let Err(e) = cache.ping().await {
+                    warn!(error = %e, "redis warm-up failed; the first request will retry");
+                }
+            });
+        }
     }
 
     pub fn store(&self) -> &Store {

@@ -11,7 +11,11 @@ async fn main() -> Result<(), Error> {
     let app: &'static App = Box::leak(Box::new(App::from_env().await?));
     lambda_runtime::run(service_fn(move |_: LambdaEvent<Value>| async move {
         let (sessions, keys) = app.cleanup().await?;
-        tracing::info!(sessions_deleted = sessions, idempotency_keys_deleted = keys, "cleanup done");
+        tracing::info!(
+            sessions_deleted = sessions,
+            idempotency_keys_deleted = keys,
+            "cleanup done"
+        );
         Ok::<_, Error>(json!({ "sessionsDeleted": sessions, "idempotencyKeysDeleted": keys }))
     }))
     .await
