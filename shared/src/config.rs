@@ -66,7 +66,8 @@ pub struct DatabaseConfig {
     pub url: SecretString,
     /// `DATABASE_CA_CERT`: extra trusted CA(s), PEM (a path, or the PEM text).
     pub ca_cert_pem: Option<Vec<u8>>,
-    /// `DATABASE_POOL_SIZE` (default 2): connections per Lambda instance.
+    /// `DATABASE_POOL_SIZE` (default 1): connections per Lambda instance,
+    /// which serves one request at a time with one statement at a time.
     pub pool_size: usize,
     /// `DATABASE_CONNECT_TIMEOUT_MS` (default 3000): TCP+TLS+auth, and the wait for a pooled connection.
     pub connect_timeout: Duration,
@@ -270,7 +271,7 @@ impl Config {
             knowledge,
         };
 
-        let pool_size: usize = env.parse("DATABASE_POOL_SIZE", 2)?;
+        let pool_size: usize = env.parse("DATABASE_POOL_SIZE", 1)?;
         if pool_size == 0 {
             return Err(invalid("DATABASE_POOL_SIZE", "must be at least 1"));
         }

@@ -227,11 +227,16 @@ enum Attempt {
 impl Claude {
     pub fn new(cfg: &ClaudeConfig) -> Result<Self, reqwest::Error> {
         crate::tls::install_crypto_provider();
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2).min(cfg.attempt_timeout))
             .pool_idle_timeout(Duration::from_secs(50))
-            .user_agent(concat!("support-chat/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("support-chat/", env!("CARGO_PKG_VERSION")));
+        // The compiled-in public roots the database client uses too: scanning
+        // the system trust store was over half of a cold start's CPU.
+        if let Ok(tls) = crate::tls::client_config(None) {
+            builder = builder.tls_backend_preconfigured((*tls).clone());
+        }
+        let http = builder.build()?;
         Ok(Claude {
             http,
             url: format!("{}/v1/messages", cfg.base_url),

@@ -1,0 +1,415 @@
+//! The two HTTP servers the functions talk to during the bench: a fake Claude
+//! that answers at once, and a minimal Lambda Runtime API.
+
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinHandle;
+
+/// A request, as much of it as the bench needs.
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub body: Bytes,
+}
+
+pub struct Resp {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: Bytes,
+}
+
+fn response(status: u16, body: impl Into<Bytes>) -> Resp {
+    Resp {
+        status,
+        headers: Vec::new(),
+        body: body.into(),
+    }
+}
+
+/// Binds 127.0.0.1:0 and serves HTTP/1.1 (keep-alive, Content-Length or
+/// chunked request bodies) with `f` on `rt`. Deliberately tiny: the clients
+/// are the Lambda runtime's hyper client and reqwest, nothing exotic.
+fn serve<F, Fut>(rt: &Handle, f: F) -> (SocketAddr, JoinHandle<()>)
+where
+    F: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Resp> + Send + 'static,
+{
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    std_listener.set_nonblocking(true).expect("nonblocking");
+    let addr = std_listener.local_addr().expect("local addr");
+    let _guard = rt.enter();
+    let listener = TcpListener::from_std(std_listener).expect("tokio listener");
+    let task = rt.spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(connection(stream, f.clone()));
+        }
+    });
+    (addr, task)
+}
+
+async fn connection<F, Fut>(stream: TcpStream, f: F)
+where
+    F: Fn(Request) -> Fut,
+    Fut: Future<Output = Resp>,
+{
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match rd.read_line(&mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let mut parts = line.split_whitespace();
+        let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
+            return;
+        };
+        let (method, path) = (method.to_owned(), path.to_owned());
+        let mut content_length = 0usize;
+        let mut chunked = false;
+        let mut close = false;
+        loop {
+            line.clear();
+            match rd.read_line(&mut line).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase());
+                match k.as_str() {
+                    "content-length" => content_length = v.parse().unwrap_or(0),
+                    "transfer-encoding" => chunked = v.contains("chunked"),
+                    "connection" => close = v == "close",
+                    _ => {}
+                }
+            }
+        }
+        let body = if chunked {
+            match read_chunked(&mut rd, &mut line).await {
+                Some(b) => b,
+                None => return,
+            }
+        } else {
+            let mut b = vec![0u8; content_length];
+            if rd.read_exact(&mut b).await.is_err() {
+                return;
+            }
+            b
+        };
+        let resp = f(Request {
+            method,
+            path,
+            body: Bytes::from(body),
+        })
+        .await;
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\ncontent-length: {}\r\n",
+            resp.status,
+            reason(resp.status),
+            resp.body.len()
+        );
+        for (k, v) in &resp.headers {
+            out.push_str(k);
+            out.push_str(": ");
+            out.push_str(v);
+            out.push_str("\r\n");
+        }
+        out.push_str("\r\n");
+        let mut out = out.into_bytes();
+        out.extend_from_slice(&resp.body);
+        if wr.write_all(&out).await.is_err() || close {
+            return;
+        }
+    }
+}
+
+async fn read_chunked<R: AsyncBufReadExt + Unpin>(
+    rd: &mut R,
+    line: &mut String,
+) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        line.clear();
+        rd.read_line(line).await.ok()?;
+        let size = usize::from_str_radix(line.trim().split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            // Trailers, then the blank line.
+            loop {
+                line.clear();
+                if rd.read_line(line).await.ok()? == 0 || line.trim().is_empty() {
+                    return Some(body);
+                }
+            }
+        }
+        let start = body.len();
+        body.resize(start + size, 0);
+        rd.read_exact(&mut body[start..]).await.ok()?;
+        line.clear();
+        rd.read_line(line).await.ok()?; // CRLF after the chunk
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        202 => "Accepted",
+        404 => "Not Found",
+        410 => "Gone",
+        _ => "Unknown",
+    }
+}
+
+// ------------------------------------------------------------ fake Claude ---
+
+/// The text the fake Claude answers with: about the length of a real reply
+/// at `CLAUDE_MAX_TOKENS=100`.
+pub const FAKE_REPLY: &str = "We ship worldwide 🚚 Standard delivery takes 3-5 business days and is \
+free on orders over $50; express delivery takes 1-2 business days for $12. You will get a tracking \
+link by email as soon as your order leaves our warehouse.";
+
+pub struct FakeClaude {
+    pub url: String,
+    requests: Arc<AtomicU64>,
+    last_body: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl FakeClaude {
+    pub fn start(rt: &Handle) -> Self {
+        let body = Bytes::from(
+            serde_json::json!({
+                "id": "msg_01XFDUDYJgAACzvnptvVoYEL",
+                "type": "message",
+                "role": "assistant",
+                "model": "claude-haiku-4-5-20251001",
+                "content": [{ "type": "text", "text": FAKE_REPLY }],
+                "stop_reason": "end_turn",
+                "stop_sequence": null,
+                "usage": { "input_tokens": 812, "output_tokens": 57,
+                           "cache_creation_input_tokens": 0, "cache_read_input_tokens": 790 }
+            })
+            .to_string(),
+        );
+        let requests = Arc::new(AtomicU64::new(0));
+        let last_body = Arc::new(AtomicU64::new(0));
+        let count = requests.clone();
+        let last = last_body.clone();
+        let (addr, task) = serve(rt, move |req: Request| {
+            let body = body.clone();
+            let count = count.clone();
+            let last = last.clone();
+            async move {
+                if req.method != "POST" || req.path != "/v1/messages" {
+                    return response(404, "{}");
+                }
+                count.fetch_add(1, Ordering::Relaxed);
+                last.store(req.body.len() as u64, Ordering::Relaxed);
+                let mut r = response(200, body);
+                r.headers.push(("content-type", "application/json".into()));
+                r
+            }
+        });
+        FakeClaude {
+            url: format!("http://{addr}"),
+            requests,
+            last_body,
+            task,
+        }
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Size of the last request body received (the real client's request).
+    pub fn last_body_len(&self) -> usize {
+        self.last_body.load(Ordering::Relaxed) as usize
+    }
+}
+
+impl Drop for FakeClaude {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// ------------------------------------------------------ Lambda Runtime API ---
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeKind {
+    Response,
+    InvocationError,
+    InitError,
+}
+
+/// What the function posted back.
+#[derive(Debug)]
+pub struct Outcome {
+    pub id: String,
+    pub kind: OutcomeKind,
+    /// When the whole POST body had arrived.
+    pub at: Instant,
+    /// When `/next` handed this invocation out.
+    pub handed_out: Option<Instant>,
+    pub body: Bytes,
+}
+
+struct Shared {
+    queue: Mutex<mpsc::UnboundedReceiver<(String, Bytes)>>,
+    next_tx: mpsc::UnboundedSender<Instant>,
+    out_tx: mpsc::UnboundedSender<Outcome>,
+    handed: std::sync::Mutex<HashMap<String, Instant>>,
+}
+
+/// One Runtime API endpoint (`AWS_LAMBDA_RUNTIME_API`) for one function process.
+pub struct RuntimeApi {
+    pub addr: SocketAddr,
+    events: mpsc::UnboundedSender<(String, Bytes)>,
+    next_rx: mpsc::UnboundedReceiver<Instant>,
+    out_rx: mpsc::UnboundedReceiver<Outcome>,
+    task: JoinHandle<()>,
+}
+
+pub const FUNCTION_ARN: &str = "arn:aws:lambda:us-east-1:123456789012:function:bench";
+
+fn epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl RuntimeApi {
+    pub fn start(rt: &Handle) -> Self {
+        let (events, queue) = mpsc::unbounded_channel();
+        let (next_tx, next_rx) = mpsc::unbounded_channel();
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(queue),
+            next_tx,
+            out_tx,
+            handed: std::sync::Mutex::new(HashMap::new()),
+        });
+        let (addr, task) = serve(rt, move |req| handle(shared.clone(), req));
+        RuntimeApi {
+            addr,
+            events,
+            next_rx,
+            out_rx,
+            task,
+        }
+    }
+
+    /// Queues an invocation; the next (or a waiting) `/next` gets it.
+    pub fn push(&self, id: &str, event: String) {
+        let _ = self.events.send((id.to_owned(), Bytes::from(event)));
+    }
+
+    /// When the function next called `/next`.
+    pub async fn next_call(&mut self, timeout: Duration) -> Option<Instant> {
+        tokio::time::timeout(timeout, self.next_rx.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Both receivers at once (`/next` calls, posted outcomes), for `select!`.
+    pub fn channels(
+        &mut self,
+    ) -> (
+        &mut mpsc::UnboundedReceiver<Instant>,
+        &mut mpsc::UnboundedReceiver<Outcome>,
+    ) {
+        (&mut self.next_rx, &mut self.out_rx)
+    }
+
+    /// The next response or error the function posted.
+    pub async fn outcome(&mut self, timeout: Duration) -> Option<Outcome> {
+        tokio::time::timeout(timeout, self.out_rx.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+impl Drop for RuntimeApi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(shared: Arc<Shared>, req: Request) -> Resp {
+    let Some(rest) = req.path.strip_prefix("/2018-06-01/runtime/") else {
+        return response(404, "{}");
+    };
+    if req.method == "GET" && rest == "invocation/next" {
+        let _ = shared.next_tx.send(Instant::now());
+        let next = shared.queue.lock().await.recv().await;
+        let Some((id, event)) = next else {
+            return response(410, "{}");
+        };
+        let mut r = response(200, event);
+        r.headers = vec![
+            ("lambda-runtime-aws-request-id", id.clone()),
+            (
+                "lambda-runtime-deadline-ms",
+                (epoch_ms() + 20_000).to_string(),
+            ),
+            ("lambda-runtime-invoked-function-arn", FUNCTION_ARN.into()),
+            (
+                "lambda-runtime-trace-id",
+                "Root=1-6924caf2-3f1a9c2e7b4d6058a1c2e3f4;Parent=53995c3f42cd8ad8;Sampled=0".into(),
+            ),
+            ("content-type", "application/json".into()),
+        ];
+        shared
+            .handed
+            .lock()
+            .expect("handed lock")
+            .insert(id, Instant::now());
+        return r;
+    }
+    if req.method != "POST" {
+        return response(404, "{}");
+    }
+    let (id, kind) = if rest == "init/error" {
+        (String::new(), OutcomeKind::InitError)
+    } else if let Some(inv) = rest.strip_prefix("invocation/") {
+        match inv.rsplit_once('/') {
+            Some((id, "response")) => (id.to_owned(), OutcomeKind::Response),
+            Some((id, "error")) => (id.to_owned(), OutcomeKind::InvocationError),
+            _ => return response(404, "{}"),
+        }
+    } else {
+        return response(404, "{}");
+    };
+    // The whole body has been read by now.
+    let at = Instant::now();
+    let handed_out = shared.handed.lock().expect("handed lock").remove(&id);
+    let _ = shared.out_tx.send(Outcome {
+        id,
+        kind,
+        at,
+        handed_out,
+        body: req.body,
+    });
+    response(202, r#"{"status":"OK"}"#)
+}
