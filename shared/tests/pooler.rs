@@ -13,9 +13,8 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::io::Write;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -62,26 +61,6 @@ impl wiremock::Respond for Echo {
         ResponseTemplate::new(200)
             .set_body_json(claude_says(&format!("re: {last}")))
             .set_delay(Duration::from_millis(5))
-    }
-}
-
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
-    type Writer = LogBuffer;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
     }
 }
 
@@ -178,12 +157,7 @@ async fn the_app_works_through_a_transaction_mode_pooler_under_concurrent_load()
     required_env("TEST_PG_ADMIN_URL", "eval \"$(scripts/services.sh)\"");
     pgbouncer_base();
     let logs = LogBuffer::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .finish();
-    let guard = tracing::subscriber::set_default(subscriber);
+    let guard = logs.capture();
 
     let claude = MockServer::start().await;
     Mock::given(wiremock::matchers::method("POST"))
@@ -305,12 +279,6 @@ async fn the_app_works_through_a_transaction_mode_pooler_under_concurrent_load()
          {clients} client / {servers} server connections, {} log lines)",
         text.lines().count()
     );
-}
-
-impl LogBuffer {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
 }
 
 /// The control: the pooler really is one where a statement prepared by name
