@@ -29,8 +29,8 @@ LOCAL="$ROOT/.local"
 # repository (e.g. a clone under /root) or a socket path would be too long.
 ALT="/tmp/svc-$(printf '%s' "$ROOT" | sha1sum | cut -c1-10)"
 
-PRIVATE_PG_PORT=55432
-PRIVATE_REDIS_PORT=56379
+PRIVATE_PG_PORT=${PRIVATE_PG_PORT:-55432}
+PRIVATE_REDIS_PORT=${PRIVATE_REDIS_PORT:-56379}
 
 log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

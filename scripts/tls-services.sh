@@ -8,6 +8,7 @@
 #   scripts/tls-services.sh stop         # stops all three
 #
 #   .local/tls/certs     test CA (ca.pem), server cert for localhost/127.0.0.1
+# Ports can be moved with TLS_PG_PORT, TLS_REDIS_PORT and PGBOUNCER_PORT (two checkouts on one machine).
 #                        signed by it (server.pem/.key), an unrelated CA (wrong-ca.pem)
 #   127.0.0.1:55433      PostgreSQL, TLS only (plaintext TCP is rejected by pg_hba)
 #   127.0.0.1:56380      Redis, TLS only, password in .local/tls/redis/password
@@ -23,9 +24,9 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/services.sh"
 
 TLS="$LOCAL/tls"
 CERTS="$TLS/certs"
-TLS_PG_PORT=55433
-TLS_REDIS_PORT=56380
-PGBOUNCER_PORT=56432
+TLS_PG_PORT=${TLS_PG_PORT:-55433}
+TLS_REDIS_PORT=${TLS_REDIS_PORT:-56380}
+PGBOUNCER_PORT=${PGBOUNCER_PORT:-56432}
 
 # ------------------------------------------------------------- certificates --
 
