@@ -8,12 +8,12 @@
 #   scripts/tls-services.sh stop         # stops all three
 #
 #   .local/tls/certs     test CA (ca.pem), server cert for localhost/127.0.0.1
-# Ports can be moved with TLS_PG_PORT, TLS_REDIS_PORT and PGBOUNCER_PORT (two checkouts on one machine).
 #                        signed by it (server.pem/.key), an unrelated CA (wrong-ca.pem)
 #   127.0.0.1:55433      PostgreSQL, TLS only (plaintext TCP is rejected by pg_hba)
 #   127.0.0.1:56380      Redis, TLS only, password in .local/tls/redis/password
 #   127.0.0.1:56432      PgBouncer, pool_mode=transaction, default_pool_size=3, in
 #                        front of the PostgreSQL in $TEST_PG_ADMIN_URL
+#   (ports: TLS_PG_PORT, TLS_REDIS_PORT, PGBOUNCER_PORT move them, e.g. for two checkouts)
 #                        (default 127.0.0.1:5432); any database name passes through
 #
 # Idempotent: what already runs with the same config is reused.
