@@ -13,8 +13,8 @@
 #   127.0.0.1:56380      Redis, TLS only, password in .local/tls/redis/password
 #   127.0.0.1:56432      PgBouncer, pool_mode=transaction, default_pool_size=3, in
 #                        front of the PostgreSQL in $TEST_PG_ADMIN_URL
-#   (ports: TLS_PG_PORT, TLS_REDIS_PORT, PGBOUNCER_PORT move them, e.g. for two checkouts)
 #                        (default 127.0.0.1:5432); any database name passes through
+#   (ports: TLS_PG_PORT, TLS_REDIS_PORT, PGBOUNCER_PORT move them, e.g. for two checkouts)
 #
 # Idempotent: what already runs with the same config is reused.
 set -euo pipefail
