@@ -36,7 +36,7 @@ failed=0
 log() { printf '[e2e %4ss] %s\n' "$(( $(date +%s) - started ))" "$*" >&2; }
 pass() { passed=$((passed + 1)); printf '  PASS %s\n' "$*"; }
 fail() { failed=$((failed + 1)); printf '  FAIL %s\n' "$*"; }
-summary() { printf 'e2e: %d passed, %d failed (%ss)\n' "$passed" "$failed" "$(( $(date +%s) - started ))"; }
+summary() { printf 'e2e: took %ss\n' "$(( $(date +%s) - started ))"; printf 'e2e: %d passed, %d failed\n' "$passed" "$failed"; }
 die() { log "ERROR: $*"; fail "$*"; exit 1; }
 
 rand=$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')
