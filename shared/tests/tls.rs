@@ -126,22 +126,15 @@ impl TlsDb {
 impl Drop for TlsDb {
     fn drop(&mut self) {
         let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(admin) =
-                    connect(&db_config(&pg_url("postgres", "require"), Some(&ca()))).await
-                {
-                    let _ = admin
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            });
-        })
-        .join();
+        cleanup_blocking(async move {
+            if let Ok(admin) =
+                connect(&db_config(&pg_url("postgres", "require"), Some(&ca()))).await
+            {
+                let _ = admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            }
+        });
     }
 }
 
