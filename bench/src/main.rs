@@ -759,7 +759,7 @@ async fn round_trips(
 
     const K: u64 = 20;
     let counted = |pg: &Proxy, redis: &Proxy| (pg.snapshot(), redis.snapshot());
-    let mut rows: Vec<(&str, &str, Snapshot, Snapshot, Vec<Target>)> = Vec::new();
+    let mut rows: Vec<(&str, &str, Snapshot, Snapshot)> = Vec::new();
 
     let (p0, r0) = counted(&pg, &redis);
     for i in 0..K as usize {
@@ -771,7 +771,6 @@ async fn round_trips(
         "send-message, new session",
         p1.since(&p0),
         r1.since(&r0),
-        vec![],
     ));
 
     for i in 0..K as usize {
@@ -784,7 +783,6 @@ async fn round_trips(
         "send-message, existing session",
         p2.since(&p1),
         r2.since(&r1),
-        vec![],
     ));
 
     for i in 0..K as usize {
@@ -802,7 +800,6 @@ async fn round_trips(
         "send-message, existing session, Idempotency-Key",
         p3.since(&p2),
         r3.since(&r2),
-        vec![],
     ));
 
     for sid in set_b {
@@ -818,7 +815,6 @@ async fn round_trips(
         "get-history, cache hit",
         p5.since(&p4),
         r5.since(&r4),
-        vec![],
     ));
 
     let mut pg_miss = Snapshot::default();
@@ -837,13 +833,12 @@ async fn round_trips(
         "get-history, cache miss",
         pg_miss,
         redis_miss,
-        vec![],
     ));
 
     r.section(
         "Round trips per request (counting TCP proxies; pg_stat_statements is not preloaded)",
     );
-    for (key, label, p, rd, _) in rows {
+    for (key, label, p, rd) in rows {
         let pg_rt = p.round_trips as f64 / K as f64;
         let redis_rt = rd.round_trips as f64 / K as f64;
         let (pg_t, redis_t) = match key {

@@ -313,12 +313,7 @@ impl Knowledge {
                 self.store_name
             ),
             Topic::Other => format!(
-                "Thanks for your message! Our assistant can't answer that right now, but our team can help.{}",
-                if contact.is_empty() {
-                    String::new()
-                } else {
-                    contact.clone()
-                }
+                "Thanks for your message! Our assistant can't answer that right now, but our team can help.{contact}"
             ),
             topic => match self.section(topic) {
                 Some(s) => format!(

@@ -226,7 +226,6 @@ enum Attempt {
 
 impl Claude {
     pub fn new(cfg: &ClaudeConfig) -> Result<Self, reqwest::Error> {
-        crate::tls::install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2).min(cfg.attempt_timeout))
             .pool_idle_timeout(Duration::from_secs(50))
@@ -283,11 +282,7 @@ impl Claude {
             let now = Instant::now();
             let remaining = budget_end.saturating_duration_since(now);
             if remaining < Duration::from_millis(100) {
-                reason = if attempts == 0 {
-                    FallbackReason::Deadline
-                } else {
-                    reason
-                };
+                // `reason` is the last attempt's, or Deadline if none fitted.
                 break;
             }
             attempts += 1;

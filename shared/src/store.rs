@@ -171,9 +171,9 @@ WITH claimed AS (
       AND (k.locked_until IS NULL OR k.locked_until < now())
     RETURNING k.session_id
 )
-SELECT true, c.session_id, NULL::text, true, false FROM claimed c
+SELECT true, c.session_id, NULL::text, true FROM claimed c
 UNION ALL
-SELECT false, k.session_id, k.reply, k.fingerprint = $2, COALESCE(k.locked_until > now(), false)
+SELECT false, k.session_id, k.reply, k.fingerprint = $2
 FROM idempotency_keys k WHERE k.key = $1 AND NOT EXISTS (SELECT 1 FROM claimed)";
 
 const RELEASE_KEY: &str =
@@ -286,7 +286,11 @@ impl Store {
         Ok(Exchange {
             session_id,
             created: session_id == new_id,
-            context: to_turns(senders.iter().map(String::as_str).zip(texts))?,
+            context: senders
+                .iter()
+                .zip(texts)
+                .map(|(s, t)| turn(s, t))
+                .collect::<Result<_>>()?,
         })
     }
 
@@ -299,11 +303,9 @@ impl Store {
                 &[(session_id.as_uuid(), Type::UUID), (&limit, Type::INT8)],
             )
             .await?;
-        let mut pairs = Vec::with_capacity(rows.len());
-        for row in &rows {
-            pairs.push((row.try_get::<_, String>(0)?, row.try_get::<_, String>(1)?));
-        }
-        to_turns(pairs.iter().map(|(s, t)| (s.as_str(), t.clone())))
+        rows.iter()
+            .map(|row| turn(row.try_get(0)?, row.try_get(1)?))
+            .collect()
     }
 
     /// Stores the AI reply (and completes the idempotency record). One statement.
@@ -403,17 +405,13 @@ impl Store {
         let session_id: Option<SessionId> = row.try_get::<_, Option<Uuid>>(1)?.map(SessionId::from);
         let reply: Option<String> = row.try_get(2)?;
         let same_request: bool = row.try_get(3)?;
-        let locked: bool = row.try_get(4)?;
         Ok(match (claimed, session_id, reply) {
             (true, None, _) => Claim::Fresh,
             (true, Some(session_id), _) => Claim::Resume { session_id },
             (false, ..) if !same_request => Claim::Mismatch,
             (false, Some(session_id), Some(reply)) => Claim::Replay { session_id, reply },
-            (false, ..) => {
-                // Not completed, not claimable: held by a live request.
-                let _ = locked;
-                Claim::InProgress
-            }
+            // Not completed, not claimable: held by a live request.
+            (false, ..) => Claim::InProgress,
         })
     }
 
@@ -442,14 +440,10 @@ impl Store {
     }
 }
 
-fn to_turns(pairs: impl Iterator<Item = (impl AsRef<str>, String)>) -> Result<Vec<StoredTurn>> {
-    pairs
-        .map(|(sender, text)| {
-            let sender = Sender::parse(sender.as_ref())
-                .ok_or_else(|| Error::internal("unknown sender in database"))?;
-            Ok(StoredTurn { sender, text })
-        })
-        .collect()
+fn turn(sender: &str, text: String) -> Result<StoredTurn> {
+    let sender =
+        Sender::parse(sender).ok_or_else(|| Error::internal("unknown sender in database"))?;
+    Ok(StoredTurn { sender, text })
 }
 
 mod embedded {

@@ -4,7 +4,7 @@
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// The certificates in a PEM bundle.
 pub fn parse_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -20,19 +20,35 @@ pub fn install_crypto_provider() {
 }
 
 /// A verifying client config trusting the public web PKI and `extra_ca`.
+/// Without an extra CA, one config is built per process and shared (the
+/// database pool and the Claude client both want it at cold start).
 pub fn client_config(extra_ca: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, String> {
-    install_crypto_provider();
+    static PUBLIC_ROOTS: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    let Some(pem) = extra_ca else {
+        return Ok(PUBLIC_ROOTS
+            .get_or_init(|| with_roots(public_roots()))
+            .clone());
+    };
+    let mut roots = public_roots();
+    for cert in parse_certs(pem)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("bad CA certificate: {e}"))?;
+    }
+    Ok(with_roots(roots))
+}
+
+fn public_roots() -> RootCertStore {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(pem) = extra_ca {
-        for cert in parse_certs(pem)? {
-            roots
-                .add(cert)
-                .map_err(|e| format!("bad CA certificate: {e}"))?;
-        }
-    }
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    roots
+}
+
+fn with_roots(roots: RootCertStore) -> Arc<rustls::ClientConfig> {
+    install_crypto_provider();
+    Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
 }
