@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the project's Python-based tools (cargo-lambda, moto, SAM CLI, cfn-lint, zig)
 # into a private virtualenv at .venv, and the Debian packages the tests need.
-# Idempotent: a second run only checks. Usage: scripts/tools.sh [venv|apt|all]
+# Idempotent: a second run only checks. Usage: scripts/tools.sh [venv|apt|all|widget|browser]
+# (widget: npm packages of widget/; browser: Debian's chromium for its tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -46,9 +47,39 @@ apt() {
   fi
 }
 
+# The chat widget's build and test tools: Node.js (20 or later, the
+# machine's), then `npm ci` in widget/ whenever package-lock.json changed.
+widget() {
+  command -v node >/dev/null && command -v npm >/dev/null \
+    || { echo "tools: the widget needs Node.js 20+ and npm on PATH" >&2; exit 1; }
+  local major
+  major=$(node -p 'process.versions.node.split(".")[0]')
+  [ "$major" -ge 20 ] || { echo "tools: the widget needs Node.js 20+, found $(node --version)" >&2; exit 1; }
+  local stamp="$ROOT/widget/node_modules/.lock-sha" want
+  want=$(sha256sum "$ROOT/widget/package-lock.json" | cut -d' ' -f1)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "tools: npm ci in widget/" >&2
+    (cd "$ROOT/widget" && npm ci --no-audit --no-fund --loglevel=error </dev/null >&2)
+    printf '%s\n' "$want" > "$stamp"
+  fi
+}
+
+# Debian's Chromium for the widget's browser tests (playwright-core drives
+# it; no browser download).
+browser() {
+  if [ ! -x /usr/bin/chromium ]; then
+    echo "tools: installing chromium from Debian" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
+  fi
+}
+
 case "$what" in
   venv) venv ;;
   apt) apt ;;
   all) apt; venv ;;
-  *) echo "usage: $0 [venv|apt|all]" >&2; exit 2 ;;
+  widget) widget ;;
+  browser) browser ;;
+  *) echo "usage: $0 [venv|apt|all|widget|browser]" >&2; exit 2 ;;
 esac
