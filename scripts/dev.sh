@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 scripts/tools.sh all >&2
+scripts/tools.sh widget >&2
+node widget/build.mjs >&2
 export PATH="$ROOT/.venv/bin:$PATH"
 eval "$(scripts/services.sh)"
 
@@ -17,7 +19,14 @@ if [ -z "${DATABASE_URL:-}" ]; then
   export DATABASE_URL="${TEST_PG_ADMIN_URL%/*}/$db?sslmode=disable"
 fi
 export REDIS_URL="${REDIS_URL-$TEST_REDIS_URL}"
-export ALLOWED_ORIGINS="${ALLOWED_ORIGINS:-*}"
+# The demo storefront (its own origin, as a store's site is) must be allowed.
+DEMO_PORT="${DEMO_PORT:-8090}"
+DEMO_ORIGIN="http://127.0.0.1:$DEMO_PORT"
+case ",${ALLOWED_ORIGINS:-}," in
+  *",$DEMO_ORIGIN,"* | *",*,"*) ;;
+  *) ALLOWED_ORIGINS="${ALLOWED_ORIGINS:+$ALLOWED_ORIGINS,}$DEMO_ORIGIN" ;;
+esac
+export ALLOWED_ORIGINS
 export RUST_LOG="${RUST_LOG:-info}"
 
 echo "dev: applying migrations" >&2
@@ -34,5 +43,12 @@ dev: serving on http://127.0.0.1:$PORT (first request compiles the functions; gi
        -d '{"message":"What are your shipping options?"}'
   curl -s http://127.0.0.1:$PORT/api/chat/history/<sessionId from the reply>
 
+dev: demo storefront with the chat widget: $DEMO_ORIGIN/  (hostile CSS: $DEMO_ORIGIN/hostile.html)
+dev: ALLOWED_ORIGINS=$ALLOWED_ORIGINS
+
 MSG
-exec cargo lambda watch --invoke-address 127.0.0.1 --invoke-port "$PORT"
+# The demo page's server stops when this process (cargo lambda, after exec) does.
+node widget/demo/serve.mjs --port "$DEMO_PORT" --api "http://127.0.0.1:$PORT" --exit-with $$ </dev/null >&2 &
+# --disable-cors: the browser sees the functions' own CORS headers, as API
+# Gateway passes them, not the emulator's (credentials, a second Vary).
+exec cargo lambda watch --disable-cors --invoke-address 127.0.0.1 --invoke-port "$PORT"

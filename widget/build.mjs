@@ -8,14 +8,15 @@ import { gzipSync } from "node:zlib";
 
 const BUDGET = 12 * 1024; // bytes, gzipped
 const out = "dist/chat-widget.js";
-const here = new URL(".", import.meta.url);
-process.chdir(here.pathname);
+const here = new URL(".", import.meta.url).pathname;
+process.chdir(here);
 
 if (process.argv.includes("--check")) {
   execFileSync(process.execPath, ["node_modules/typescript/bin/tsc", "--noEmit", "-p", "."], { stdio: "inherit" });
 }
 
 await build({
+  absWorkingDir: here,
   entryPoints: ["src/index.ts"],
   outfile: out,
   bundle: true,

@@ -5,12 +5,12 @@
 // test/mock-server.mjs they are a development aid (--backend mock).
 //
 //   node test/browser.mjs --demo http://127.0.0.1:8090 --api http://127.0.0.1:9000 \
-//        --out ../target/widget-test [--backend real|mock] [--only substring]
+//        --out ../target/widget-test [--backend real|mock] [--only substring] [--counts FILE]
 //
 // Every test saves a screenshot <out>/<name>.png. Ends with the line
-// "widget: N passed, M failed"; exit status 1 when any failed.
+// "browser: N passed, M failed"; exit status 1 when any failed.
 import { chromium } from "playwright-core";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
 const args = process.argv.slice(2);
@@ -23,6 +23,7 @@ const API = opt("api", "http://127.0.0.1:9000").replace(/\/$/, "");
 const OUT = opt("out", "../target/widget-test");
 const BACKEND = opt("backend", "real");
 const ONLY = opt("only", "");
+const COUNTS = opt("counts", ""); // a file to write "<passed> <failed>" to
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const TEST_TIMEOUT = +(process.env.WIDGET_TEST_TIMEOUT_MS || 90_000);
 const REPLY_TIMEOUT = 30_000;
@@ -583,6 +584,7 @@ for (const t of tests) {
   }
 }
 
-console.log(`widget: browser tests took ${((Date.now() - started) / 1000).toFixed(0)}s; screenshots in ${OUT}`);
-console.log(`widget: ${passed} passed, ${failed} failed`);
+console.log(`browser: tests took ${((Date.now() - started) / 1000).toFixed(0)}s; screenshots in ${OUT}`);
+console.log(`browser: ${passed} passed, ${failed} failed`);
+if (COUNTS) writeFileSync(COUNTS, `${passed} ${failed}\n`);
 process.exit(failed ? 1 : 0);
