@@ -4,7 +4,7 @@
 #   1. installs what is missing: widget/'s npm packages (npm ci), Debian's
 #      chromium (scripts/tools.sh widget, browser), cargo-lambda (venv);
 #   2. builds widget/dist/chat-widget.js (type check, esbuild, the 12 KB
-#      gzipped budget);
+#      gzipped budget); unit tests of its stream reader (node --test);
 #   3. a fresh database widget_<random> on TEST_PG_ADMIN_URL, migrated;
 #   4. testkit's fake Claude (a gap between tokens, so a reply streams);
 #   5. `cargo lambda watch --disable-cors` on a free port (the browser sees the
@@ -136,6 +136,13 @@ if size=$(timeout 300 node widget/build.mjs --check </dev/null); then
   pass "build: $size"
 else
   die "the widget's build failed (type errors, or over its size budget)"
+fi
+
+if unit=$(cd widget && timeout 120 node --test test/api.test.mjs </dev/null 2>&1); then
+  pass "unit tests of the stream reader: $(grep -o '^# pass [0-9]*' <<<"$unit" | cut -d' ' -f3) passed"
+else
+  tail -n 40 <<<"$unit" >&2
+  fail "unit tests of the stream reader (node --test widget/test/api.test.mjs)"
 fi
 
 # ------------------------------------------------------------ services ----

@@ -7,7 +7,9 @@ const script = (document.currentScript ||
 const attr = (name: string, fallback = "") => script?.getAttribute("data-" + name) || fallback;
 const api = attr("api").replace(/\/+$/, "");
 
+// One widget, even when the tag is on the page twice (a theme and an app).
 const start = () =>
+  document.querySelector("[data-support-chat]") ||
   mount({
     api,
     title: attr("title", "Chat with us"),

@@ -419,6 +419,32 @@ test("readable at 320 px wide", async (page) => {
   await sleep(400); // the opening animation, for the screenshot
 }, { viewport: { width: 320, height: 640 } });
 
+test("reduced motion and colour schemes are respected", async (page) => {
+  await page.emulateMedia({ reducedMotion: "reduce", colorScheme: "dark" });
+  const w = await open(page);
+  const anim = await inWidget(page, (root) => getComputedStyle(root.querySelector(".p")).animationName);
+  eq(anim, "none", "no opening animation with prefers-reduced-motion");
+  // The demo page declares `color-scheme: light`: a dark system does not
+  // darken the widget on a light-only page.
+  eq(await page.locator("[data-support-chat]").getAttribute("data-scheme"), "light", "light on a light-only page");
+  // A page that supports both, on a system that turns dark: dark.
+  await page.evaluate(() => (document.documentElement.style.colorScheme = "light dark"));
+  await page.emulateMedia({ colorScheme: "light" });
+  await page.emulateMedia({ colorScheme: "dark" });
+  await page.waitForFunction(() => document.querySelector("[data-support-chat]").dataset.scheme === "dark", null, { timeout: 3_000 });
+  const bg = await inWidget(page, (root) => getComputedStyle(root.querySelector(".p")).backgroundColor);
+  eq(bg, "rgb(28, 28, 33)", "the dark palette");
+  await page.screenshot({ path: join(OUT, "dark.png") });
+  // data-theme forces it.
+  await page.goto(DEMO + "/?theme=dark");
+  eq(await page.locator("[data-support-chat]").getAttribute("data-scheme"), "dark", "dark when the tag asks");
+  await page.emulateMedia({ reducedMotion: "no-preference" });
+  await page.goto(DEMO + "/");
+  await w.launcher.click();
+  const animated = await inWidget(page, (root) => getComputedStyle(root.querySelector(".p")).animationName);
+  assert(animated !== "none", "animated otherwise");
+});
+
 test("a message over 2,000 characters is refused before sending", async (page) => {
   const w = await open(page);
   let posted = false;
