@@ -69,6 +69,8 @@ pub struct FillToken(String);
 pub enum Subject<'a> {
     Session(SessionId),
     Ip(&'a str),
+    /// History reads per client IP, counted apart from messages.
+    HistoryIp(&'a str),
 }
 
 const FILL: &str = r"
@@ -240,6 +242,7 @@ impl Cache {
             inv.key(match subject {
                 Subject::Session(sid) => format!("{}:rl:s:{sid}", self.prefix),
                 Subject::Ip(ip) => format!("{}:rl:ip:{ip}", self.prefix),
+                Subject::HistoryIp(ip) => format!("{}:rl:hip:{ip}", self.prefix),
             });
         }
         if let Some(sid) = invalidate {

@@ -16,14 +16,33 @@ use std::time::Duration;
 
 use crate::knowledge::Knowledge;
 
-/// Names that may come from SSM, relative to the prefix.
-pub const SSM_NAMES: [&str; 5] = [
+/// Names the chat functions may take from SSM, relative to the prefix.
+pub const SSM_NAMES: &[&str] = &[
     "DATABASE_URL",
     "CLAUDE_API_KEY",
     "REDIS_URL",
     "DATABASE_CA_CERT",
     "STORE_KNOWLEDGE",
+    "HANDOFF_WEBHOOK_URL",
+    "HANDOFF_WEBHOOK_SECRET",
 ];
+
+/// What a function that only talks to the database takes from SSM.
+pub const STORE_SSM_NAMES: &[&str] = &["DATABASE_URL", "DATABASE_CA_CERT"];
+
+/// What the handoff notifier takes from SSM: the database and the webhook.
+pub const NOTIFIER_SSM_NAMES: &[&str] = &[
+    "DATABASE_URL",
+    "DATABASE_CA_CERT",
+    "HANDOFF_WEBHOOK_URL",
+    "HANDOFF_WEBHOOK_SECRET",
+];
+
+/// `CLAUDE_MODEL`'s default: the current Haiku.
+pub const DEFAULT_MODEL: &str = "claude-haiku-5-5";
+
+/// `CLAUDE_MAX_TOKENS`'s default (see the README for how it was chosen).
+pub const DEFAULT_MAX_TOKENS: u32 = 160;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -50,6 +69,7 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     pub claude: ClaudeConfig,
     pub limits: RateLimitConfig,
+    pub handoff: HandoffConfig,
     /// CORS allow-list (`ALLOWED_ORIGINS`).
     pub allowed_origins: Vec<String>,
     /// Used when an invocation carries no Lambda deadline (tests, local runs).
@@ -98,9 +118,9 @@ pub struct ClaudeConfig {
     pub api_key: Option<SecretString>,
     /// `ANTHROPIC_BASE_URL` (default `https://api.anthropic.com`).
     pub base_url: String,
-    /// `CLAUDE_MODEL` (default `claude-haiku-4-5`).
+    /// `CLAUDE_MODEL` (default [`DEFAULT_MODEL`]).
     pub model: String,
-    /// `CLAUDE_MAX_TOKENS` (default 100).
+    /// `CLAUDE_MAX_TOKENS` (default [`DEFAULT_MAX_TOKENS`]).
     pub max_tokens: u32,
     /// `CLAUDE_ATTEMPT_TIMEOUT_MS` (default 5000): one HTTP attempt.
     pub attempt_timeout: Duration,
@@ -123,8 +143,21 @@ pub struct RateLimitConfig {
     pub per_session: u32,
     /// `RATE_LIMIT_PER_IP_PER_MINUTE` (default 60; 0 = off).
     pub per_ip: u32,
+    /// `RATE_LIMIT_HISTORY_PER_IP_PER_MINUTE` (default 120; 0 = off): `GET`s per client IP.
+    pub history_per_ip: u32,
     /// `RATE_LIMIT_WINDOW_SECONDS` (default 60).
     pub window: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HandoffConfig {
+    /// `HANDOFF_WEBHOOK_URL`: where handoff events are `POST`ed; `None`:
+    /// stored, not sent. Secret: Slack and Teams URLs carry a token.
+    pub webhook_url: Option<SecretString>,
+    /// `HANDOFF_WEBHOOK_SECRET`: signs each body (`X-Signature-256`).
+    pub webhook_secret: Option<SecretString>,
+    /// `HANDOFF_WEBHOOK_TIMEOUT_MS` (default 1000): one delivery attempt.
+    pub timeout: Duration,
 }
 
 /// Where configuration values come from: a plain map, so tests can build one
@@ -182,9 +215,15 @@ impl Config {
     }
 
     /// Fills what `env` lacks from SSM (when `SSM_PARAMETER_PREFIX` is set), then validates.
-    pub async fn load_from(mut env: Env) -> Result<Self, ConfigError> {
+    pub async fn load_from(env: Env) -> Result<Self, ConfigError> {
+        Self::load_only(env, SSM_NAMES).await
+    }
+
+    /// Like [`Config::load_from`], asking SSM for `names` only: a function
+    /// fetches (and its role may read) just the secrets it uses.
+    pub async fn load_only(mut env: Env, names: &[&str]) -> Result<Self, ConfigError> {
         if let Some(prefix) = env.get("SSM_PARAMETER_PREFIX").map(str::to_owned) {
-            let wanted: Vec<&str> = SSM_NAMES
+            let wanted: Vec<&str> = names
                 .iter()
                 .copied()
                 .filter(|n| env.get(n).is_none())
@@ -201,110 +240,13 @@ impl Config {
 
     /// Validates a complete set of values (no I/O but reading CA/knowledge files).
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let database_url = env
-            .get("DATABASE_URL")
-            .ok_or(ConfigError::Missing("DATABASE_URL"))?;
-        crate::store::parse_database_url(database_url)
-            .map_err(|reason| invalid("DATABASE_URL", reason))?;
-
-        let redis = match env.get("REDIS_URL") {
-            None => None,
-            Some(url) => {
-                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                    return Err(invalid(
-                        "REDIS_URL",
-                        "must start with redis:// or rediss://",
-                    ));
-                }
-                Some(RedisConfig {
-                    url: SecretString::from(url.to_owned()),
-                    ca_cert_pem: read_pem(env, "REDIS_CA_CERT")?,
-                    connect_timeout: env.millis("REDIS_CONNECT_TIMEOUT_MS", 1000)?,
-                    op_timeout: env.millis("REDIS_TIMEOUT_MS", 150)?,
-                    history_ttl: Duration::from_secs(
-                        env.parse("HISTORY_CACHE_TTL_SECONDS", 86_400)?,
-                    ),
-                    key_prefix: env.get("REDIS_KEY_PREFIX").unwrap_or("chat").to_owned(),
-                })
-            }
-        };
-
-        let base_url = env
-            .get("ANTHROPIC_BASE_URL")
-            .unwrap_or("https://api.anthropic.com")
-            .trim_end_matches('/')
-            .to_owned();
-        if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
-            return Err(invalid("ANTHROPIC_BASE_URL", "must be an http(s) URL"));
-        }
-        let max_tokens: u32 = env.parse("CLAUDE_MAX_TOKENS", 100)?;
-        if !(1..=8192).contains(&max_tokens) {
-            return Err(invalid("CLAUDE_MAX_TOKENS", "must be 1 to 8192"));
-        }
-        let knowledge = match (env.get("STORE_KNOWLEDGE_PATH"), env.get("STORE_KNOWLEDGE")) {
-            (Some(path), _) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    invalid("STORE_KNOWLEDGE_PATH", format!("cannot read the file: {e}"))
-                })?;
-                Knowledge::parse(&text).map_err(|r| invalid("STORE_KNOWLEDGE_PATH", r))?
-            }
-            (None, Some(text)) => {
-                Knowledge::parse(text).map_err(|r| invalid("STORE_KNOWLEDGE", r))?
-            }
-            (None, None) => Knowledge::bundled(),
-        };
-        let claude = ClaudeConfig {
-            api_key: env
-                .get("CLAUDE_API_KEY")
-                .map(|k| SecretString::from(k.to_owned())),
-            base_url,
-            model: env
-                .get("CLAUDE_MODEL")
-                .unwrap_or("claude-haiku-4-5")
-                .to_owned(),
-            max_tokens,
-            attempt_timeout: env.millis("CLAUDE_ATTEMPT_TIMEOUT_MS", 5000)?,
-            max_attempts: env.parse("CLAUDE_MAX_ATTEMPTS", 3u32)?.max(1),
-            response_margin: env.millis("CLAUDE_RESPONSE_MARGIN_MS", 1500)?,
-            context_messages: env.parse("CLAUDE_CONTEXT_MESSAGES", 20u32)?.min(200),
-            context_chars: env.parse("CLAUDE_CONTEXT_CHARS", 12_000usize)?.max(2_000),
-            knowledge,
-        };
-
-        let pool_size: usize = env.parse("DATABASE_POOL_SIZE", 1)?;
-        if pool_size == 0 {
-            return Err(invalid("DATABASE_POOL_SIZE", "must be at least 1"));
-        }
-        let database = DatabaseConfig {
-            url: SecretString::from(database_url.to_owned()),
-            ca_cert_pem: read_pem(env, "DATABASE_CA_CERT")?,
-            pool_size,
-            connect_timeout: env.millis("DATABASE_CONNECT_TIMEOUT_MS", 3000)?,
-            statement_timeout: env.millis("DATABASE_STATEMENT_TIMEOUT_MS", 5000)?,
-        };
-
-        let limits = RateLimitConfig {
-            per_session: env.parse("RATE_LIMIT_PER_SESSION_PER_MINUTE", 20)?,
-            per_ip: env.parse("RATE_LIMIT_PER_IP_PER_MINUTE", 60)?,
-            window: Duration::from_secs(env.parse("RATE_LIMIT_WINDOW_SECONDS", 60u64)?.max(1)),
-        };
-
-        let allowed_origins = env
-            .get("ALLOWED_ORIGINS")
-            .map(|v| {
-                v.split(',')
-                    .map(|o| o.trim().trim_end_matches('/').to_owned())
-                    .filter(|o| !o.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-
         Ok(Config {
-            database,
-            redis,
-            claude,
-            limits,
-            allowed_origins,
+            database: DatabaseConfig::from_env(env)?,
+            redis: RedisConfig::from_env(env)?,
+            claude: ClaudeConfig::from_env(env)?,
+            limits: RateLimitConfig::from_env(env)?,
+            handoff: HandoffConfig::from_env(env)?,
+            allowed_origins: allowed_origins(env),
             default_request_budget: env.millis("REQUEST_BUDGET_MS", 15_000)?,
             idempotency_lease: env.millis("IDEMPOTENCY_LEASE_MS", 60_000)?,
             session_retention: Duration::from_secs(
@@ -316,6 +258,153 @@ impl Config {
     pub fn database_url(&self) -> &str {
         self.database.url.expose_secret()
     }
+}
+
+impl DatabaseConfig {
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let url = env
+            .get("DATABASE_URL")
+            .ok_or(ConfigError::Missing("DATABASE_URL"))?;
+        parse_database_url(url).map_err(|reason| invalid("DATABASE_URL", reason))?;
+        let pool_size: usize = env.parse("DATABASE_POOL_SIZE", 1)?;
+        if pool_size == 0 {
+            return Err(invalid("DATABASE_POOL_SIZE", "must be at least 1"));
+        }
+        Ok(DatabaseConfig {
+            url: SecretString::from(url.to_owned()),
+            ca_cert_pem: read_pem(env, "DATABASE_CA_CERT")?,
+            pool_size,
+            connect_timeout: env.millis("DATABASE_CONNECT_TIMEOUT_MS", 3000)?,
+            statement_timeout: env.millis("DATABASE_STATEMENT_TIMEOUT_MS", 5000)?,
+        })
+    }
+
+    /// The connection options the URL describes. libpq's `verify-ca` and
+    /// `verify-full` are accepted as `require`, which here always verifies
+    /// the certificate chain and host name.
+    pub fn connect_options(&self) -> Result<tokio_postgres::Config, String> {
+        parse_database_url(self.url.expose_secret())
+    }
+}
+
+fn parse_database_url(url: &str) -> Result<tokio_postgres::Config, String> {
+    let normalised = url
+        .replace("sslmode=verify-full", "sslmode=require")
+        .replace("sslmode=verify-ca", "sslmode=require");
+    normalised
+        .parse::<tokio_postgres::Config>()
+        // The parser's message can quote the input; say only what is wrong in general.
+        .map_err(|_| "not a valid PostgreSQL connection URL".to_owned())
+}
+
+impl RedisConfig {
+    fn from_env(env: &Env) -> Result<Option<Self>, ConfigError> {
+        let Some(url) = env.get("REDIS_URL") else {
+            return Ok(None);
+        };
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(invalid(
+                "REDIS_URL",
+                "must start with redis:// or rediss://",
+            ));
+        }
+        Ok(Some(RedisConfig {
+            url: SecretString::from(url.to_owned()),
+            ca_cert_pem: read_pem(env, "REDIS_CA_CERT")?,
+            connect_timeout: env.millis("REDIS_CONNECT_TIMEOUT_MS", 1000)?,
+            op_timeout: env.millis("REDIS_TIMEOUT_MS", 150)?,
+            history_ttl: Duration::from_secs(env.parse("HISTORY_CACHE_TTL_SECONDS", 86_400)?),
+            key_prefix: env.get("REDIS_KEY_PREFIX").unwrap_or("chat").to_owned(),
+        }))
+    }
+}
+
+impl ClaudeConfig {
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let base_url = env
+            .get("ANTHROPIC_BASE_URL")
+            .unwrap_or("https://api.anthropic.com")
+            .trim_end_matches('/')
+            .to_owned();
+        if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
+            return Err(invalid("ANTHROPIC_BASE_URL", "must be an http(s) URL"));
+        }
+        let max_tokens: u32 = env.parse("CLAUDE_MAX_TOKENS", DEFAULT_MAX_TOKENS)?;
+        if !(1..=8192).contains(&max_tokens) {
+            return Err(invalid("CLAUDE_MAX_TOKENS", "must be 1 to 8192"));
+        }
+        Ok(ClaudeConfig {
+            api_key: env
+                .get("CLAUDE_API_KEY")
+                .map(|k| SecretString::from(k.to_owned())),
+            base_url,
+            model: env.get("CLAUDE_MODEL").unwrap_or(DEFAULT_MODEL).to_owned(),
+            max_tokens,
+            attempt_timeout: env.millis("CLAUDE_ATTEMPT_TIMEOUT_MS", 5000)?,
+            max_attempts: env.parse("CLAUDE_MAX_ATTEMPTS", 3u32)?.max(1),
+            response_margin: env.millis("CLAUDE_RESPONSE_MARGIN_MS", 1500)?,
+            context_messages: env.parse("CLAUDE_CONTEXT_MESSAGES", 20u32)?.min(200),
+            context_chars: env.parse("CLAUDE_CONTEXT_CHARS", 12_000usize)?.max(2_000),
+            knowledge: knowledge(env)?,
+        })
+    }
+}
+
+/// The store facts: a file, the SSM parameter's text, or the bundled sample.
+fn knowledge(env: &Env) -> Result<Knowledge, ConfigError> {
+    match (env.get("STORE_KNOWLEDGE_PATH"), env.get("STORE_KNOWLEDGE")) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                invalid("STORE_KNOWLEDGE_PATH", format!("cannot read the file: {e}"))
+            })?;
+            Knowledge::parse(&text).map_err(|r| invalid("STORE_KNOWLEDGE_PATH", r))
+        }
+        (None, Some(text)) => Knowledge::parse(text).map_err(|r| invalid("STORE_KNOWLEDGE", r)),
+        (None, None) => Ok(Knowledge::bundled()),
+    }
+}
+
+impl RateLimitConfig {
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(RateLimitConfig {
+            per_session: env.parse("RATE_LIMIT_PER_SESSION_PER_MINUTE", 20)?,
+            per_ip: env.parse("RATE_LIMIT_PER_IP_PER_MINUTE", 60)?,
+            history_per_ip: env.parse("RATE_LIMIT_HISTORY_PER_IP_PER_MINUTE", 120)?,
+            window: Duration::from_secs(env.parse("RATE_LIMIT_WINDOW_SECONDS", 60u64)?.max(1)),
+        })
+    }
+}
+
+impl HandoffConfig {
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let webhook_url = match env.get("HANDOFF_WEBHOOK_URL") {
+            None => None,
+            Some(u) if u.starts_with("https://") || u.starts_with("http://") => {
+                Some(SecretString::from(u.to_owned()))
+            }
+            // Say what is wrong without repeating the value: it may hold a token.
+            Some(_) => return Err(invalid("HANDOFF_WEBHOOK_URL", "must be an http(s) URL")),
+        };
+        Ok(HandoffConfig {
+            webhook_url,
+            webhook_secret: env
+                .get("HANDOFF_WEBHOOK_SECRET")
+                .map(|s| SecretString::from(s.to_owned())),
+            timeout: env.millis("HANDOFF_WEBHOOK_TIMEOUT_MS", 1000)?,
+        })
+    }
+}
+
+/// `ALLOWED_ORIGINS`: comma-separated, trailing slashes ignored.
+fn allowed_origins(env: &Env) -> Vec<String> {
+    env.get("ALLOWED_ORIGINS")
+        .map(|v| {
+            v.split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .filter(|o| !o.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A PEM value given either inline or as a file path.

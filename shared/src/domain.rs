@@ -2,12 +2,24 @@
 
 use serde::Serialize;
 use std::fmt;
+use std::time::Duration;
 use uuid::Uuid;
 
 use crate::error::Error;
 
+/// One literal for the limit, so the constant and its message cannot disagree.
+macro_rules! max_message_chars {
+    () => {
+        2000
+    };
+}
+
 /// Longest message accepted, in Unicode scalar values.
-pub const MAX_MESSAGE_CHARS: usize = 2000;
+pub const MAX_MESSAGE_CHARS: usize = max_message_chars!();
+
+/// The `invalid_message` text for a message of the wrong length.
+pub const MESSAGE_LENGTH_RULE: &str =
+    concat!("message must be 1 to ", max_message_chars!(), " characters");
 
 /// A conversation id: a UUID in its canonical hyphenated form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,18 +72,12 @@ pub struct MessageText(String);
 
 impl MessageText {
     pub fn parse(raw: &str) -> Result<Self, Error> {
-        let cleaned: String = raw
-            .chars()
-            .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
-            .collect();
-        let trimmed = cleaned.trim();
-        let n = trimmed.chars().count();
+        let cleaned = clean_text(raw);
+        let n = cleaned.chars().count();
         if n == 0 || n > MAX_MESSAGE_CHARS {
-            return Err(Error::InvalidMessage(
-                "message must be 1 to 2000 characters",
-            ));
+            return Err(Error::InvalidMessage(MESSAGE_LENGTH_RULE));
         }
-        Ok(MessageText(trimmed.to_owned()))
+        Ok(MessageText(cleaned))
     }
 
     pub fn as_str(&self) -> &str {
@@ -125,12 +131,229 @@ pub struct Message {
     pub timestamp: i64,
 }
 
+/// One earlier message of a conversation, as the adapters hand it to each
+/// other: read from the store, sent to Claude as context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Turn {
+    pub sender: Sender,
+    pub text: String,
+}
+
+/// Where an AI message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplySource {
+    Claude,
+    Fallback,
+}
+
+impl ReplySource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplySource::Claude => "claude",
+            ReplySource::Fallback => "fallback",
+        }
+    }
+}
+
+/// Why the fallback answered (or why a streamed reply was cut short).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FallbackReason {
+    NoApiKey,
+    Timeout,
+    Connection,
+    RateLimited,
+    Overloaded,
+    ServerError,
+    ClientError,
+    BadResponse,
+    EmptyContent,
+    Refusal,
+    Truncated,
+    Deadline,
+}
+
+impl FallbackReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FallbackReason::NoApiKey => "no_api_key",
+            FallbackReason::Timeout => "timeout",
+            FallbackReason::Connection => "connection",
+            FallbackReason::RateLimited => "rate_limited",
+            FallbackReason::Overloaded => "overloaded",
+            FallbackReason::ServerError => "server_error",
+            FallbackReason::ClientError => "client_error",
+            FallbackReason::BadResponse => "bad_response",
+            FallbackReason::EmptyContent => "empty_content",
+            FallbackReason::Refusal => "refusal",
+            FallbackReason::Truncated => "truncated",
+            FallbackReason::Deadline => "deadline",
+        }
+    }
+}
+
+/// Token usage, for cost reporting (stored per AI message).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input_tokens: Option<u32>,
+    pub output_tokens: Option<u32>,
+    pub cache_read_tokens: Option<u32>,
+    pub cache_write_tokens: Option<u32>,
+}
+
+/// The assistant's answer and how it was obtained.
+#[derive(Debug, Clone)]
+pub struct AiReply {
+    pub text: String,
+    pub source: ReplySource,
+    /// The model that answered (Claude only).
+    pub model: Option<String>,
+    pub fallback_reason: Option<FallbackReason>,
+    pub usage: Usage,
+    pub attempts: u32,
+    pub latency: Duration,
+    /// Set when this reply hands the conversation to a person.
+    pub handoff: Option<HandoffReason>,
+}
+
+/// Why a conversation was handed to a person (the webhook's `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HandoffReason {
+    /// The shopper asked for a person.
+    ShopperRequest,
+    /// A refund, exception or compensation someone has to decide.
+    RefundDecision,
+    /// Changing or cancelling a specific order.
+    OrderChange,
+    /// A complaint the assistant cannot resolve.
+    Complaint,
+    /// The store facts do not cover what the shopper needs.
+    NotCovered,
+}
+
+impl HandoffReason {
+    pub const ALL: [HandoffReason; 5] = [
+        HandoffReason::ShopperRequest,
+        HandoffReason::RefundDecision,
+        HandoffReason::OrderChange,
+        HandoffReason::Complaint,
+        HandoffReason::NotCovered,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandoffReason::ShopperRequest => "shopper_request",
+            HandoffReason::RefundDecision => "refund_decision",
+            HandoffReason::OrderChange => "order_change",
+            HandoffReason::Complaint => "complaint",
+            HandoffReason::NotCovered => "not_covered",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// The cleaning every stored text gets, shopper's or Claude's: control
+/// characters other than newline and tab (NUL included) removed, then
+/// surrounding whitespace trimmed.
+pub fn clean_text(raw: &str) -> String {
+    let cleaned: String = raw
+        .chars()
+        .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
+        .collect();
+    cleaned.trim().to_owned()
+}
+
+/// A handoff event with what its webhook body needs.
+#[derive(Debug, Clone)]
+pub struct HandoffEvent {
+    pub id: Uuid,
+    pub session_id: SessionId,
+    pub reason: HandoffReason,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    /// The last messages up to the one that handed over, oldest first,
+    /// at most 10, each text cut to 500 characters.
+    pub messages: Vec<Message>,
+}
+
+/// Whether a conversation waits for a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatus {
+    Open,
+    WaitingForHuman,
+}
+
+impl SessionStatus {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "open" => Some(SessionStatus::Open),
+            "waiting_for_human" => Some(SessionStatus::WaitingForHuman),
+            _ => None,
+        }
+    }
+}
+
 /// The body of `GET /api/chat/history/{sessionId}`.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct History {
     pub session_id: SessionId,
     pub messages: Vec<Message>,
+    pub status: SessionStatus,
+    /// Present (true) only when older messages exist beyond this page.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub has_more: bool,
+}
+
+/// Most messages one history page holds (and the default page size).
+pub const MAX_PAGE: u32 = 500;
+
+/// The paging of a history request: `limit` 1 to 500 (default 500), and
+/// `before`, a message id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub limit: u32,
+    pub before: Option<Uuid>,
+}
+
+impl Default for HistoryQuery {
+    fn default() -> Self {
+        HistoryQuery {
+            limit: MAX_PAGE,
+            before: None,
+        }
+    }
+}
+
+impl HistoryQuery {
+    /// From the raw query parameters (absent ones take their defaults).
+    pub fn parse(limit: Option<&str>, before: Option<&str>) -> Result<Self, Error> {
+        let limit = match limit {
+            None => MAX_PAGE,
+            Some(v) => v
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=MAX_PAGE).contains(n))
+                .ok_or(Error::InvalidQuery("limit must be a number from 1 to 500"))?,
+        };
+        let before = match before {
+            None => None,
+            Some(v) => Some(
+                Uuid::try_parse(v.trim())
+                    .map_err(|_| Error::InvalidQuery("before must be a message id"))?,
+            ),
+        };
+        Ok(HistoryQuery { limit, before })
+    }
+
+    /// What a request without paging parameters asks: the page the cache holds.
+    pub fn is_default(&self) -> bool {
+        *self == HistoryQuery::default()
+    }
 }
 
 /// A validated `Idempotency-Key` header value.

@@ -1,7 +1,9 @@
 //! The one error type of the crate, and its mapping to the contract's HTTP errors.
 //!
-//! Every failure a request can meet ends up as an [`Error`]; `http` turns it
-//! into a response in exactly one place ([`Error::status`], [`Error::code`]).
+//! Every failure a request can meet ends up as an [`Error`]. This module
+//! says what each one is to a client ([`Error::status`], [`Error::code`],
+//! [`Error::retry_after_secs`]); `http::error_response` is the one place
+//! that renders it.
 //! 5xx bodies are opaque: the cause chain only goes to the log.
 
 use std::time::Duration;
@@ -17,14 +19,16 @@ pub enum Error {
     InvalidMessage(&'static str),
     #[error("sessionId must be a UUID")]
     InvalidSessionId,
+    #[error("{0}")]
+    InvalidQuery(&'static str),
     #[error("the Idempotency-Key header must be 1 to 255 printable ASCII characters")]
     InvalidIdempotencyKey,
     #[error("no conversation with this sessionId")]
     SessionNotFound,
     #[error("this route or method is not served here")]
     NotFound,
-    #[error("the request body is larger than 16 KiB")]
-    PayloadTooLarge,
+    #[error("the request body is larger than {} KiB", .limit / 1024)]
+    PayloadTooLarge { limit: usize },
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
     #[error("too many messages; retry in {} s", .retry_after.as_secs())]
@@ -49,10 +53,11 @@ impl Error {
             Error::InvalidJson
             | Error::InvalidMessage(_)
             | Error::InvalidSessionId
+            | Error::InvalidQuery(_)
             | Error::InvalidIdempotencyKey => 400,
             Error::SessionNotFound | Error::NotFound => 404,
             Error::RequestInProgress => 409,
-            Error::PayloadTooLarge => 413,
+            Error::PayloadTooLarge { .. } => 413,
             Error::UnsupportedMediaType => 415,
             Error::IdempotencyKeyReused => 422,
             Error::RateLimited { .. } => 429,
@@ -67,10 +72,11 @@ impl Error {
             Error::InvalidJson => "invalid_json",
             Error::InvalidMessage(_) => "invalid_message",
             Error::InvalidSessionId => "invalid_session_id",
+            Error::InvalidQuery(_) => "invalid_query",
             Error::InvalidIdempotencyKey => "invalid_idempotency_key",
             Error::SessionNotFound => "session_not_found",
             Error::NotFound => "not_found",
-            Error::PayloadTooLarge => "payload_too_large",
+            Error::PayloadTooLarge { .. } => "payload_too_large",
             Error::UnsupportedMediaType => "unsupported_media_type",
             Error::RateLimited { .. } => "rate_limited",
             Error::IdempotencyKeyReused => "idempotency_key_reused",

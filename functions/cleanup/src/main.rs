@@ -1,16 +1,20 @@
 //! Scheduled (EventBridge) retention cleanup: deletes sessions idle for longer
 //! than `SESSION_RETENTION_DAYS` and idempotency records older than 24 h.
+//! It needs the database only: it reads no other secret and builds no other client.
 
 use lambda_http::lambda_runtime::{self, Error, LambdaEvent, service_fn};
 use serde_json::{Value, json};
-use support_chat::App;
+use support_chat::config::{Config, Env, STORE_SSM_NAMES};
+use support_chat::service;
+use support_chat::store::Store;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     support_chat::telemetry::init();
-    let app: &'static App = Box::leak(Box::new(App::from_env().await?));
-    lambda_runtime::run(service_fn(move |_: LambdaEvent<Value>| async move {
-        let (sessions, keys) = app.cleanup().await?;
+    let config = Config::load_only(Env::from_process(), STORE_SSM_NAMES).await?;
+    let store = Store::new(&config.database)?;
+    lambda_runtime::run(service_fn(|_: LambdaEvent<Value>| async {
+        let (sessions, keys) = service::cleanup(&store, &config).await?;
         tracing::info!(
             sessions_deleted = sessions,
             idempotency_keys_deleted = keys,

@@ -1,4 +1,4 @@
-//! `GET /api/chat/history/{sessionId}`: the conversation, oldest first.
+//! `GET /api/chat/history/{sessionId}`: the conversation, paged, oldest first.
 
 use lambda_http::{Error, service_fn};
 use support_chat::{App, http};
@@ -6,7 +6,7 @@ use support_chat::{App, http};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     support_chat::telemetry::init();
-    let app: &'static App = Box::leak(Box::new(App::from_env().await?));
+    let app = App::from_env().await?;
     app.warm_up_in_background();
-    lambda_http::run(service_fn(move |req| http::get_history(app, req))).await
+    lambda_http::run(service_fn(|req| http::get_history(&app, req))).await
 }

@@ -1,21 +1,28 @@
 //! The API Gateway edge: decodes requests (payload 1.0 and 2.0, via
-//! `lambda_http`), parses them into domain types, calls the service, and
-//! renders responses and errors, in this one place.
+//! `lambda_http`), parses them into domain types ([`parse`]), calls the
+//! service, and renders responses, streams ([`stream`]) and errors
+//! ([`render`]).
 
-use lambda_http::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+mod parse;
+mod render;
+pub mod stream;
+
+pub use parse::{MAX_BODY_BYTES, parse_body, parse_send};
+pub use stream::ChatBody;
+
+use lambda_http::http::{HeaderValue, Method, StatusCode};
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
-use serde_json::{Value, json};
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tracing::{Instrument, error, info, info_span};
+use tokio::sync::mpsc;
+use tracing::{Instrument, Span, error, info, info_span};
 
-use crate::domain::{IdempotencyKey, MessageText, SessionId};
+use crate::domain::SessionId;
 use crate::error::Error;
-use crate::service::{App, SendMessage};
-
-/// Largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 16 * 1024;
+use crate::service::{App, SendOutcome, Started};
+use render::{error_response, preflight, respond};
 
 /// Per-request facts every response needs.
 struct Meta {
@@ -47,52 +54,110 @@ impl Meta {
         });
         Meta {
             request_id,
-            origin: req.headers().get(header::ORIGIN).cloned(),
+            origin: req
+                .headers()
+                .get(lambda_http::http::header::ORIGIN)
+                .cloned(),
             deadline,
         }
     }
+
+    fn deadline(&self, app: &App) -> Instant {
+        self.deadline
+            .unwrap_or_else(|| Instant::now() + app.config.default_request_budget)
+    }
 }
 
-/// `POST /api/chat`.
-pub async fn send_message(app: &App, req: Request) -> Result<Response<Body>, Infallible> {
+/// `POST /api/chat`: JSON, or Server-Sent Events when `Accept` asks.
+pub async fn send_message(app: &Arc<App>, req: Request) -> Result<Response<ChatBody>, Infallible> {
     let meta = Meta::of(&req);
     let span = info_span!("request", request_id = %meta.request_id, route = "send-message");
     let started = Instant::now();
-    async move {
-        let result = match *req.method() {
-            Method::OPTIONS => return Ok(preflight(app, &meta, "POST, OPTIONS")),
-            Method::POST => match parse_send(&req) {
-                Ok(input) => {
-                    let deadline = meta
-                        .deadline
-                        .unwrap_or_else(|| Instant::now() + app.config.default_request_budget);
-                    app.send_message(input, deadline).await
-                }
-                Err(e) => Err(e),
-            },
+    let resp = async {
+        let input = match *req.method() {
+            Method::OPTIONS => return preflight(app, &meta, "POST, OPTIONS"),
+            Method::POST => parse_send(&req),
             _ => Err(Error::NotFound),
         };
-        let resp = match result {
-            Ok(out) => {
-                let body = json!({ "reply": out.reply, "sessionId": out.session_id });
-                let mut resp = respond(app, &meta, StatusCode::OK, body.to_string());
-                if out.replayed {
-                    resp.headers_mut()
-                        .insert("idempotent-replayed", HeaderValue::from_static("true"));
-                }
-                resp
-            }
-            Err(e) => error_response(app, &meta, &e),
+        let streamed = parse::wants_stream(req.headers());
+        let begun = match input {
+            Ok(input) => app.start(input).await,
+            Err(e) => Err(e),
         };
-        info!(
-            status = resp.status().as_u16(),
-            duration_ms = started.elapsed().as_millis() as u64,
-            "done"
-        );
-        Ok(resp)
+        match (begun, streamed) {
+            (Err(e), _) => error_response(app, &meta, &e),
+            (Ok(begun), true) => open_stream(app.clone(), &meta, begun, Span::current()),
+            (Ok(begun), false) => json_reply(app, &meta, begun).await,
+        }
     }
-    .instrument(span)
-    .await
+    .instrument(span.clone())
+    .await;
+    span.in_scope(|| log_done(resp.status(), started));
+    Ok(resp)
+}
+
+async fn json_reply(app: &App, meta: &Meta, begun: Started) -> Response<ChatBody> {
+    let out = match begun {
+        Started::Replay(out) => out,
+        Started::Pending(p) => match app.complete(p, meta.deadline(app), None).await {
+            Ok(out) => out,
+            Err(e) => return error_response(app, meta, &e),
+        },
+    };
+    let body = stream::reply_json(&out).to_string();
+    let mut resp = respond(app, meta, StatusCode::OK, body);
+    mark_replay(&mut resp, &out);
+    resp
+}
+
+/// Answers `200 text/event-stream` at once; a task completes the exchange
+/// and writes its events. The task owns what it needs, so the reply is
+/// completed and stored even when nobody reads the stream any more.
+fn open_stream(app: Arc<App>, meta: &Meta, begun: Started, span: Span) -> Response<ChatBody> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut resp = respond(&app, meta, StatusCode::OK, String::new());
+    *resp.body_mut() = ChatBody::Events(rx);
+    render::as_event_stream(resp.headers_mut());
+    match begun {
+        Started::Replay(out) => {
+            mark_replay(&mut resp, &out);
+            for ev in [
+                stream::session(&out.session_id),
+                stream::delta(&out.reply),
+                stream::done(&out),
+            ] {
+                let _ = tx.send(ev);
+            }
+        }
+        Started::Pending(p) => {
+            let _ = tx.send(stream::session(&p.session_id()));
+            let deadline = meta.deadline(&app);
+            let task = async move {
+                let mut sink = |text: &str| {
+                    // A closed stream (the shopper left) is not an error: keep going.
+                    let _ = tx.send(stream::delta(text));
+                };
+                let last = match app.complete(p, deadline, Some(&mut sink)).await {
+                    Ok(out) => stream::done(&out),
+                    Err(e) => {
+                        error!(code = e.code(), error = %render::chain(&e), "the streamed reply could not be stored");
+                        stream::error(&e)
+                    }
+                };
+                let gone = tx.send(last).is_err();
+                info!(client_gone = gone, "stream finished");
+            };
+            tokio::spawn(task.instrument(span));
+        }
+    }
+    resp
+}
+
+fn mark_replay(resp: &mut Response<ChatBody>, out: &SendOutcome) {
+    if out.replayed {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
 }
 
 /// `GET /api/chat/history/{sessionId}`.
@@ -100,25 +165,15 @@ pub async fn get_history(app: &App, req: Request) -> Result<Response<Body>, Infa
     let meta = Meta::of(&req);
     let span = info_span!("request", request_id = %meta.request_id, route = "get-history");
     let started = Instant::now();
-    async move {
+    let resp = async {
         let result = match *req.method() {
-            Method::OPTIONS => return Ok(preflight(app, &meta, "GET, OPTIONS")),
-            Method::GET | Method::HEAD => match path_session_id(&req) {
-                Some(raw) => match SessionId::parse(&raw) {
-                    Ok(sid) => app
-                        .get_history(sid)
-                        .await
-                        .map(|(body, cache)| (sid, body, cache)),
-                    Err(e) => Err(e),
-                },
-                None => Err(Error::NotFound),
-            },
+            Method::OPTIONS => return into_buffered(preflight(app, &meta, "GET, OPTIONS")),
+            Method::GET | Method::HEAD => read_history(app, &req).await,
             _ => Err(Error::NotFound),
         };
         let resp = match result {
             Ok((sid, body, cache)) => {
-                let n = body.len();
-                info!(session_id = %sid, cache = cache.as_str(), body_bytes = n, "history served");
+                info!(session_id = %sid, cache = cache.as_str(), body_bytes = body.len(), "history served");
                 // The cached value is our own serialisation: valid UTF-8.
                 match String::from_utf8(body) {
                     Ok(text) => respond(app, &meta, StatusCode::OK, text),
@@ -127,193 +182,41 @@ pub async fn get_history(app: &App, req: Request) -> Result<Response<Body>, Infa
             }
             Err(e) => error_response(app, &meta, &e),
         };
-        info!(
-            status = resp.status().as_u16(),
-            duration_ms = started.elapsed().as_millis() as u64,
-            "done"
-        );
-        Ok(resp)
+        into_buffered(resp)
     }
-    .instrument(span)
-    .await
+    .instrument(span.clone())
+    .await;
+    span.in_scope(|| log_done(resp.status(), started));
+    Ok(resp)
 }
 
-fn path_session_id(req: &Request) -> Option<String> {
-    if let Some(id) = req.path_parameters_ref().and_then(|p| p.first("sessionId")) {
-        return Some(id.to_owned());
-    }
-    // Invocations without route metadata: take it from the path itself.
-    let path = req.raw_http_path();
-    let rest = path
-        .trim_end_matches('/')
-        .rsplit_once("/api/chat/history/")?
-        .1;
-    (!rest.is_empty() && !rest.contains('/')).then(|| rest.to_owned())
+async fn read_history(
+    app: &App,
+    req: &Request,
+) -> Result<(SessionId, Vec<u8>, crate::service::CacheOutcome), Error> {
+    let raw = parse::path_session_id(req).ok_or(Error::NotFound)?;
+    let sid = SessionId::parse(&raw)?;
+    let query = parse::history_query(req)?;
+    let ip = parse::client_ip(req);
+    let (body, cache) = app.get_history(sid, query, ip.as_deref()).await?;
+    Ok((sid, body, cache))
 }
 
-/// Parses and validates a `POST /api/chat` request. Cheap checks first: a
-/// huge or non-JSON body is refused before it is parsed.
-pub fn parse_send(req: &Request) -> Result<SendMessage, Error> {
-    let body: &[u8] = req.body().as_ref();
-    if body.len() > MAX_BODY_BYTES {
-        return Err(Error::PayloadTooLarge);
-    }
-    check_content_type(req.headers())?;
-    let idempotency_key = match req.headers().get("idempotency-key") {
-        Some(v) => Some(IdempotencyKey::parse(v.as_bytes())?),
-        None => None,
-    };
-    let (message, session_id) = parse_body(body)?;
-    Ok(SendMessage {
-        message,
-        session_id,
-        client_ip: client_ip(req),
-        idempotency_key,
+/// The buffered runner's body type, for `get-history`.
+fn into_buffered(resp: Response<ChatBody>) -> Response<Body> {
+    resp.map(|b| match b {
+        ChatBody::Whole(Some(bytes)) => match String::from_utf8(bytes.to_vec()) {
+            Ok(s) => Body::Text(s),
+            Err(e) => Body::Binary(e.into_bytes()),
+        },
+        _ => Body::Empty,
     })
 }
 
-/// The JSON body: an object with a string `message` and an optional UUID
-/// `sessionId`; other fields are ignored.
-pub fn parse_body(body: &[u8]) -> Result<(MessageText, Option<SessionId>), Error> {
-    let value: Value = serde_json::from_slice(body).map_err(|_| Error::InvalidJson)?;
-    let Value::Object(mut obj) = value else {
-        return Err(Error::InvalidJson);
-    };
-    let message = match obj.remove("message") {
-        Some(Value::String(s)) => MessageText::parse(&s)?,
-        None | Some(Value::Null) => return Err(Error::InvalidMessage("message is required")),
-        Some(_) => return Err(Error::InvalidMessage("message must be a string")),
-    };
-    let session_id = match obj.remove("sessionId") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(SessionId::parse(&s)?),
-        Some(_) => return Err(Error::InvalidSessionId),
-    };
-    Ok((message, session_id))
-}
-
-/// Absent is fine (curl without -H); present must be JSON in UTF-8.
-fn check_content_type(headers: &HeaderMap) -> Result<(), Error> {
-    let Some(v) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(());
-    };
-    let v = v
-        .to_str()
-        .map_err(|_| Error::UnsupportedMediaType)?
-        .to_ascii_lowercase();
-    let mut parts = v.split(';').map(str::trim);
-    let essence = parts.next().unwrap_or_default();
-    if !(essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json")))
-    {
-        return Err(Error::UnsupportedMediaType);
-    }
-    for p in parts {
-        if let Some(cs) = p.strip_prefix("charset=") {
-            if !matches!(cs.trim_matches('"'), "utf-8" | "utf8") {
-                return Err(Error::UnsupportedMediaType);
-            }
-        }
-    }
-    Ok(())
-}
-
-fn client_ip(req: &Request) -> Option<String> {
-    let ip = match req.request_context_ref()? {
-        RequestContext::ApiGatewayV2(c) => c.http.source_ip.clone(),
-        RequestContext::ApiGatewayV1(c) => c.identity.source_ip.clone(),
-        _ => None,
-    }?;
-    // Only a plausible address becomes part of a Redis key.
-    ip.parse::<std::net::IpAddr>().ok().map(|a| a.to_string())
-}
-
-fn respond(app: &App, meta: &Meta, status: StatusCode, body: String) -> Response<Body> {
-    let mut resp = Response::new(Body::Text(body));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
+fn log_done(status: StatusCode, started: Instant) {
+    info!(
+        status = status.as_u16(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        "done"
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Ok(v) = HeaderValue::from_str(&meta.request_id) {
-        h.insert("x-request-id", v);
-    }
-    cors(app, meta, h);
-    resp
-}
-
-fn cors(app: &App, meta: &Meta, h: &mut HeaderMap) {
-    let origins = &app.config.allowed_origins;
-    if origins.is_empty() {
-        return;
-    }
-    h.insert(header::VARY, HeaderValue::from_static("Origin"));
-    let Some(origin) = &meta.origin else { return };
-    let allowed = origin
-        .to_str()
-        .map(|o| {
-            origins
-                .iter()
-                .any(|a| a == "*" || a.eq_ignore_ascii_case(o.trim_end_matches('/')))
-        })
-        .unwrap_or(false);
-    if allowed {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-        h.insert(
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("x-request-id, retry-after, idempotent-replayed"),
-        );
-    }
-}
-
-/// CORS preflight, for local runs (API Gateway answers it in production).
-fn preflight(app: &App, meta: &Meta, methods: &'static str) -> Response<Body> {
-    let mut resp = respond(app, meta, StatusCode::NO_CONTENT, String::new());
-    let h = resp.headers_mut();
-    if h.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static(methods),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("content-type, idempotency-key"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_MAX_AGE,
-            HeaderValue::from_static("600"),
-        );
-    }
-    resp
-}
-
-/// The one place an [`Error`] becomes a response. 5xx bodies say nothing
-/// about the cause; the log gets all of it.
-fn error_response(app: &App, meta: &Meta, e: &Error) -> Response<Body> {
-    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    if status.is_server_error() {
-        error!(code = e.code(), error = %chain(e), "request failed");
-    } else {
-        info!(code = e.code(), "request refused");
-    }
-    let body = json!({ "error": { "code": e.code(), "message": e.to_string() } });
-    let mut resp = respond(app, meta, status, body.to_string());
-    if let Some(secs) = e.retry_after_secs() {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    resp
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

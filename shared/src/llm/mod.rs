@@ -3,193 +3,49 @@
 //! [`Claude::reply`] never fails: whatever goes wrong (no key, timeout,
 //! 4xx/5xx, garbage, refusal), the shopper gets the store-facts fallback,
 //! and the stored message records why.
+//!
+//! With a delta sink the request streams (`"stream": true`) and each piece
+//! of text is handed on as it arrives. Transient failures are retried only
+//! while nothing has been passed on: once the shopper has seen a beginning,
+//! a second attempt could start differently, so a stream that breaks after
+//! its first delta ends there, cut at its last complete sentence (or the
+//! fallback when none), with the reason recorded.
+//!
+//! Time: each attempt gets `attempt_timeout` to answer and, when streaming,
+//! the same bound on the silence between two events; every wait also stops
+//! at the invocation's deadline less the response margin.
 
+mod context;
+mod wire;
+
+pub use context::{ApiMessage, build_messages};
+pub use wire::{HAND_OFF_TOOL, trim_to_sentence};
+
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::time::{Duration, Instant};
 
 use crate::config::ClaudeConfig;
-use crate::domain::Sender;
+use crate::domain::{AiReply, FallbackReason, HandoffReason, ReplySource, Usage};
 use crate::knowledge::Knowledge;
-use crate::store::StoredTurn;
+use wire::{CacheControl, MessagesRequest, Parsed, Step, StreamState, SystemBlock, Thinking};
 
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
-/// Where an AI message came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplySource {
-    Claude,
-    Fallback,
-}
+/// Receives reply text as Claude writes it.
+pub type DeltaSink<'a> = &'a mut (dyn FnMut(&str) + Send);
 
-impl ReplySource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReplySource::Claude => "claude",
-            ReplySource::Fallback => "fallback",
-        }
-    }
-}
-
-/// Why the fallback answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FallbackReason {
-    NoApiKey,
-    Timeout,
-    Connection,
-    RateLimited,
-    Overloaded,
-    ServerError,
-    ClientError,
-    BadResponse,
-    EmptyContent,
-    Refusal,
-    Truncated,
-    Deadline,
-}
-
-impl FallbackReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FallbackReason::NoApiKey => "no_api_key",
-            FallbackReason::Timeout => "timeout",
-            FallbackReason::Connection => "connection",
-            FallbackReason::RateLimited => "rate_limited",
-            FallbackReason::Overloaded => "overloaded",
-            FallbackReason::ServerError => "server_error",
-            FallbackReason::ClientError => "client_error",
-            FallbackReason::BadResponse => "bad_response",
-            FallbackReason::EmptyContent => "empty_content",
-            FallbackReason::Refusal => "refusal",
-            FallbackReason::Truncated => "truncated",
-            FallbackReason::Deadline => "deadline",
-        }
-    }
-}
-
-/// Token usage, for cost reporting (stored per AI message).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-pub struct Usage {
-    #[serde(default)]
-    pub input_tokens: Option<u32>,
-    #[serde(default)]
-    pub output_tokens: Option<u32>,
-    #[serde(default, rename = "cache_read_input_tokens")]
-    pub cache_read_tokens: Option<u32>,
-    #[serde(default, rename = "cache_creation_input_tokens")]
-    pub cache_write_tokens: Option<u32>,
-}
-
-/// The assistant's answer and how it was obtained.
-#[derive(Debug, Clone)]
-pub struct AiReply {
-    pub text: String,
-    pub source: ReplySource,
-    /// The model that answered (Claude only).
-    pub model: Option<String>,
-    pub fallback_reason: Option<FallbackReason>,
-    pub usage: Usage,
-    pub attempts: u32,
-    pub latency: Duration,
-}
-
-/// One turn of the conversation sent to Claude.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Turn {
-    pub role: &'static str,
-    pub content: String,
-}
-
-/// Builds the `messages` array: the earlier messages (oldest first), merged
-/// so roles alternate and the first is the user's, then the new message
-/// exactly once, all within `char_budget` characters (the newest kept).
-pub fn build_turns(history: &[StoredTurn], new_message: &str, char_budget: usize) -> Vec<Turn> {
-    let mut merged: Vec<(Sender, String)> = Vec::new();
-    for t in history.iter().chain(std::iter::once(&StoredTurn {
-        sender: Sender::User,
-        text: new_message.to_owned(),
-    })) {
-        match merged.last_mut() {
-            Some((s, text)) if *s == t.sender => {
-                text.push_str("\n\n");
-                text.push_str(&t.text);
-            }
-            _ => merged.push((t.sender, t.text.clone())),
-        }
-    }
-    // Keep the newest turns that fit; the last one (holding the new message)
-    // always stays, trimmed from the front if it alone is over budget.
-    let mut used = 0usize;
-    let mut keep_from = merged.len();
-    for (i, (_, text)) in merged.iter().enumerate().rev() {
-        let n = text.chars().count();
-        if i + 1 < merged.len() && used + n > char_budget {
-            break;
-        }
-        used += n;
-        keep_from = i;
-    }
-    let mut kept: Vec<(Sender, String)> = merged.split_off(keep_from);
-    if let Some((_, last)) = kept.last_mut() {
-        let n = last.chars().count();
-        if n > char_budget {
-            *last = last.chars().skip(n - char_budget).collect();
-        }
-    }
-    while kept.first().is_some_and(|(s, _)| *s == Sender::Ai) {
-        kept.remove(0);
-    }
-    kept.into_iter()
-        .map(|(s, content)| Turn {
-            role: if s == Sender::User {
-                "user"
-            } else {
-                "assistant"
-            },
-            content,
-        })
-        .collect()
-}
-
-#[derive(Serialize)]
-struct SystemBlock<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    text: &'a str,
-    cache_control: CacheControl,
-}
-
-#[derive(Serialize)]
-struct CacheControl {
-    #[serde(rename = "type")]
-    kind: &'static str,
-}
-
-#[derive(Serialize)]
-struct MessagesRequest<'a> {
-    model: &'a str,
-    max_tokens: u32,
-    system: [SystemBlock<'a>; 1],
-    messages: &'a [Turn],
-}
-
-#[derive(Deserialize)]
-struct MessagesResponse {
-    #[serde(default)]
-    model: Option<String>,
-    content: Vec<ContentBlock>,
-    #[serde(default)]
-    stop_reason: Option<String>,
-    #[serde(default)]
-    usage: Usage,
-}
-
-#[derive(Deserialize)]
-struct ContentBlock {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    text: Option<String>,
+/// One question for Claude.
+pub struct Ask<'a> {
+    /// The conversation, the new message last ([`build_messages`]).
+    pub messages: &'a [ApiMessage],
+    pub new_message: &'a str,
+    /// The invocation's deadline.
+    pub deadline: Instant,
+    /// Offer the `hand_off` tool (not once the conversation waits for a person).
+    pub allow_handoff: bool,
 }
 
 /// The Claude client: one reqwest client per container, built at cold start.
@@ -204,6 +60,7 @@ pub struct Claude {
     max_attempts: u32,
     margin: Duration,
     system_prompt: String,
+    tools: Value,
     knowledge: Knowledge,
 }
 
@@ -217,11 +74,39 @@ impl std::fmt::Debug for Claude {
     }
 }
 
+/// How one attempt ended.
 enum Attempt {
-    Done(AiReply),
+    Done(Parsed),
     /// Worth another try, after at least this long.
     Retry(FallbackReason, Option<Duration>),
     Fail(FallbackReason),
+    /// Broke after text was passed on: no retry; keep what came.
+    Cut(FallbackReason, Parsed),
+}
+
+/// The time limits of one attempt.
+#[derive(Clone, Copy)]
+struct Limits {
+    /// For the answer to start, and between two stream events.
+    patience: Duration,
+    /// Nothing waits past this.
+    end: Instant,
+}
+
+impl Limits {
+    fn next_wait(&self) -> Duration {
+        self.patience
+            .min(self.end.saturating_duration_since(Instant::now()))
+    }
+
+    /// Why a wait ran out: the attempt's patience, or the whole budget.
+    fn expired(&self) -> FallbackReason {
+        if Instant::now() + Duration::from_millis(5) >= self.end {
+            FallbackReason::Deadline
+        } else {
+            FallbackReason::Timeout
+        }
+    }
 }
 
 impl Claude {
@@ -246,23 +131,61 @@ impl Claude {
             max_attempts: cfg.max_attempts,
             margin: cfg.response_margin,
             system_prompt: cfg.knowledge.system_prompt(),
+            tools: wire::hand_off_tools(),
             knowledge: cfg.knowledge.clone(),
         })
     }
 
-    pub fn model(&self) -> &str {
-        &self.model
-    }
-
     /// Asks Claude, retrying transient failures while the invocation's
-    /// `deadline` (less the response margin) allows; falls back otherwise.
-    pub async fn reply(&self, turns: &[Turn], new_message: &str, deadline: Instant) -> AiReply {
+    /// deadline (less the response margin) allows; falls back otherwise.
+    /// With `sink`, the answer streams into it as it is written.
+    pub async fn reply(&self, ask: &Ask<'_>, mut sink: Option<DeltaSink<'_>>) -> AiReply {
         let started = Instant::now();
         let Some(key) = &self.api_key else {
-            return self.fallback(new_message, FallbackReason::NoApiKey, 0, started);
+            return self.fallback(ask, FallbackReason::NoApiKey, 0, started);
         };
-        let budget_end = deadline.checked_sub(self.margin).unwrap_or(started);
-        let body = MessagesRequest {
+        let end = ask.deadline.checked_sub(self.margin).unwrap_or(started);
+        let Ok(body) = self.request_body(ask, sink.is_some()) else {
+            return self.fallback(ask, FallbackReason::BadResponse, 0, started);
+        };
+        let mut attempts = 0;
+        let mut reason = FallbackReason::Deadline;
+        while attempts < self.max_attempts {
+            let limits = Limits {
+                patience: self.attempt_timeout,
+                end,
+            };
+            if limits.next_wait() < Duration::from_millis(100) {
+                // `reason` is the last attempt's, or Deadline if none fitted.
+                break;
+            }
+            attempts += 1;
+            let sink: Option<DeltaSink<'_>> = match sink.as_mut() {
+                Some(s) => Some(&mut **s),
+                None => None,
+            };
+            let (r, after) = match self.attempt(key, &body, limits, sink).await {
+                Attempt::Done(parsed) => return self.answer(ask, parsed, attempts, started),
+                Attempt::Cut(r, parsed) => return self.cut(ask, r, parsed, attempts, started),
+                Attempt::Fail(r) => return self.fallback(ask, r, attempts, started),
+                Attempt::Retry(r, after) => (r, after),
+            };
+            reason = r;
+            let backoff = after.unwrap_or_else(|| backoff(attempts));
+            // Only wait if a useful attempt still fits afterwards.
+            if attempts >= self.max_attempts
+                || backoff + Duration::from_millis(500)
+                    > end.saturating_duration_since(Instant::now())
+            {
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+        }
+        self.fallback(ask, reason, attempts, started)
+    }
+
+    fn request_body(&self, ask: &Ask<'_>, stream: bool) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&MessagesRequest {
             model: &self.model,
             max_tokens: self.max_tokens,
             system: [SystemBlock {
@@ -270,140 +193,184 @@ impl Claude {
                 text: &self.system_prompt,
                 cache_control: CacheControl { kind: "ephemeral" },
             }],
-            messages: turns,
-        };
-        let body = match serde_json::to_vec(&body) {
-            Ok(b) => b,
-            Err(_) => return self.fallback(new_message, FallbackReason::BadResponse, 0, started),
-        };
-        let mut attempts = 0;
-        let mut reason = FallbackReason::Deadline;
-        while attempts < self.max_attempts {
-            let now = Instant::now();
-            let remaining = budget_end.saturating_duration_since(now);
-            if remaining < Duration::from_millis(100) {
-                // `reason` is the last attempt's, or Deadline if none fitted.
-                break;
-            }
-            attempts += 1;
-            let timeout = self.attempt_timeout.min(remaining);
-            match self.attempt(key, &body, timeout, started, attempts).await {
-                Attempt::Done(reply) => return reply,
-                Attempt::Fail(r) => {
-                    reason = r;
-                    break;
-                }
-                Attempt::Retry(r, after) => {
-                    reason = r;
-                    if attempts >= self.max_attempts {
-                        break;
-                    }
-                    let backoff = after.unwrap_or_else(|| backoff(attempts));
-                    let left = budget_end.saturating_duration_since(Instant::now());
-                    // Only wait if a useful attempt still fits afterwards.
-                    if backoff + Duration::from_millis(500) > left {
-                        break;
-                    }
-                    tokio::time::sleep(backoff).await;
-                }
-            }
-        }
-        self.fallback(new_message, reason, attempts, started)
+            messages: ask.messages,
+            thinking: Thinking { kind: "disabled" },
+            tools: ask.allow_handoff.then_some(&self.tools),
+            stream,
+        })
     }
 
+    /// Sends, classifies the status, then reads the answer (whole or streamed).
     async fn attempt(
         &self,
         key: &SecretString,
         body: &[u8],
-        timeout: Duration,
-        started: Instant,
-        attempts: u32,
+        limits: Limits,
+        sink: Option<DeltaSink<'_>>,
     ) -> Attempt {
-        let sent = self
+        let request = self
             .http
             .post(&self.url)
-            .timeout(timeout)
             .header("x-api-key", key.expose_secret())
             .header("anthropic-version", ANTHROPIC_VERSION)
             .header("content-type", "application/json")
-            .body(body.to_vec())
-            .send()
-            .await;
-        let resp = match sent {
-            Ok(r) => r,
-            Err(e) if e.is_timeout() => return Attempt::Retry(FallbackReason::Timeout, None),
-            Err(_) => return Attempt::Retry(FallbackReason::Connection, None),
+            .body(body.to_vec());
+        let until = tokio::time::Instant::now() + limits.next_wait();
+        let resp = match tokio::time::timeout_at(until, request.send()).await {
+            Err(_) => return Attempt::Retry(limits.expired(), None),
+            Ok(Err(e)) if e.is_timeout() => return Attempt::Retry(FallbackReason::Timeout, None),
+            Ok(Err(_)) => return Attempt::Retry(FallbackReason::Connection, None),
+            Ok(Ok(r)) => r,
         };
-        let status = resp.status().as_u16();
-        let retry_after = retry_after(resp.headers());
-        let bytes = match resp.bytes().await {
-            Ok(b) => b,
-            Err(e) if e.is_timeout() => return Attempt::Retry(FallbackReason::Timeout, None),
-            Err(_) => return Attempt::Retry(FallbackReason::Connection, None),
-        };
-        match status {
-            200 => {}
-            429 => return Attempt::Retry(FallbackReason::RateLimited, retry_after),
-            529 => return Attempt::Retry(FallbackReason::Overloaded, retry_after),
-            500 | 502 | 503 | 504 => {
-                return Attempt::Retry(FallbackReason::ServerError, retry_after);
-            }
-            408 => return Attempt::Retry(FallbackReason::Timeout, retry_after),
-            _ => return Attempt::Fail(FallbackReason::ClientError),
+        if let Some(refused) = classify(resp.status().as_u16(), resp.headers()) {
+            return refused;
         }
-        let Ok(parsed) = serde_json::from_slice::<MessagesResponse>(&bytes) else {
-            return Attempt::Fail(FallbackReason::BadResponse);
-        };
-        if parsed.stop_reason.as_deref() == Some("refusal") {
-            return Attempt::Fail(FallbackReason::Refusal);
+        let streamed = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        match (streamed, sink) {
+            (true, Some(sink)) => read_stream(resp, limits, sink).await,
+            (true, None) => read_stream(resp, limits, &mut |_: &str| {}).await,
+            (false, _) => read_whole(resp, until, limits).await,
         }
-        if parsed.content.is_empty() || parsed.content.iter().any(|b| b.kind != "text") {
-            return Attempt::Fail(FallbackReason::EmptyContent);
-        }
-        let text: String = parsed
-            .content
-            .iter()
-            .filter_map(|b| b.text.as_deref())
-            .collect::<Vec<_>>()
-            .join("");
-        let mut text = text.trim().to_owned();
-        if parsed.stop_reason.as_deref() == Some("max_tokens") {
-            match trim_to_sentence(&text) {
-                Some(t) => text = t.to_owned(),
-                None => return Attempt::Fail(FallbackReason::Truncated),
-            }
-        }
-        if text.is_empty() {
-            return Attempt::Fail(FallbackReason::EmptyContent);
-        }
-        Attempt::Done(AiReply {
-            text,
-            source: ReplySource::Claude,
-            model: Some(parsed.model.unwrap_or_else(|| self.model.clone())),
-            fallback_reason: None,
-            usage: parsed.usage,
-            attempts,
-            latency: started.elapsed(),
-        })
     }
 
+    /// A complete answer, through the reply rules.
+    fn answer(&self, ask: &Ask<'_>, parsed: Parsed, attempts: u32, started: Instant) -> AiReply {
+        match wire::finish(parsed) {
+            Ok(p) => self.claude_reply(p, None, attempts, started),
+            Err(r) => self.fallback(ask, r, attempts, started),
+        }
+    }
+
+    /// A stream that broke after text was shown: its last full sentence, if any.
+    fn cut(
+        &self,
+        ask: &Ask<'_>,
+        reason: FallbackReason,
+        mut parsed: Parsed,
+        attempts: u32,
+        started: Instant,
+    ) -> AiReply {
+        let cleaned = crate::domain::clean_text(&parsed.text);
+        match trim_to_sentence(&cleaned) {
+            Some(t) if parsed.handoff.is_none() => {
+                parsed.text = t.to_owned();
+                self.claude_reply(parsed, Some(reason), attempts, started)
+            }
+            _ => self.fallback(ask, reason, attempts, started),
+        }
+    }
+
+    fn claude_reply(
+        &self,
+        p: Parsed,
+        reason: Option<FallbackReason>,
+        attempts: u32,
+        started: Instant,
+    ) -> AiReply {
+        let handoff = p.handoff;
+        AiReply {
+            text: match handoff {
+                Some(_) => self.knowledge.handoff_reply(),
+                None => p.text,
+            },
+            source: ReplySource::Claude,
+            model: Some(p.model.unwrap_or_else(|| self.model.clone())),
+            fallback_reason: reason,
+            usage: p.usage,
+            attempts,
+            latency: started.elapsed(),
+            handoff,
+        }
+    }
+
+    /// The store-facts answer. An explicit request for a person is still
+    /// recognised here, so the handoff works with Claude down or unset.
     fn fallback(
         &self,
-        new_message: &str,
+        ask: &Ask<'_>,
         reason: FallbackReason,
         attempts: u32,
         started: Instant,
     ) -> AiReply {
-        let (_, text) = self.knowledge.fallback_reply(new_message);
+        let handoff = (ask.allow_handoff && crate::handoff::asks_for_person(ask.new_message))
+            .then_some(HandoffReason::ShopperRequest);
         AiReply {
-            text,
+            text: match handoff {
+                Some(_) => self.knowledge.handoff_reply(),
+                None => self.knowledge.fallback_reply(ask.new_message),
+            },
             source: ReplySource::Fallback,
             model: None,
             fallback_reason: Some(reason),
             usage: Usage::default(),
             attempts,
             latency: started.elapsed(),
+            handoff,
         }
+    }
+}
+
+/// What a status other than 200 means: retry (and after how long) or give up.
+fn classify(status: u16, headers: &reqwest::header::HeaderMap) -> Option<Attempt> {
+    let after = retry_after(headers);
+    Some(match status {
+        200 => return None,
+        429 => Attempt::Retry(FallbackReason::RateLimited, after),
+        529 => Attempt::Retry(FallbackReason::Overloaded, after),
+        500 | 502 | 503 | 504 => Attempt::Retry(FallbackReason::ServerError, after),
+        408 => Attempt::Retry(FallbackReason::Timeout, after),
+        _ => Attempt::Fail(FallbackReason::ClientError),
+    })
+}
+
+/// A non-streamed answer: the whole body within the attempt's time.
+async fn read_whole(
+    resp: reqwest::Response,
+    until: tokio::time::Instant,
+    limits: Limits,
+) -> Attempt {
+    let bytes = match tokio::time::timeout_at(until, resp.bytes()).await {
+        Err(_) => return Attempt::Retry(limits.expired(), None),
+        Ok(Err(_)) => return Attempt::Retry(FallbackReason::Connection, None),
+        Ok(Ok(b)) => b,
+    };
+    match wire::parse_message(&bytes) {
+        Ok(parsed) => Attempt::Done(parsed),
+        Err(r) => Attempt::Fail(r),
+    }
+}
+
+/// A streamed answer: events parsed by `eventsource-stream` over the body's
+/// bytes, text passed to `sink` as soon as each event is read.
+async fn read_stream(resp: reqwest::Response, limits: Limits, sink: DeltaSink<'_>) -> Attempt {
+    let mut events = resp.bytes_stream().eventsource();
+    let mut state = StreamState::default();
+    let mut shown = false;
+    let reason = loop {
+        let event = match tokio::time::timeout(limits.next_wait(), events.next()).await {
+            Err(_) => break limits.expired(),
+            // Ended or broke before `message_stop`.
+            Ok(None | Some(Err(_))) => break FallbackReason::Connection,
+            Ok(Some(Ok(e))) => e,
+        };
+        match state.apply(&event.event, &event.data) {
+            Ok(Step::Delta(text)) => {
+                sink(&text);
+                shown = true;
+            }
+            Ok(Step::Stop) => return Attempt::Done(state.into_parsed()),
+            Ok(Step::Nothing) => {}
+            Err(r) => break r,
+        }
+    };
+    match (shown, reason) {
+        (true, r) => Attempt::Cut(r, state.into_parsed()),
+        (false, FallbackReason::BadResponse | FallbackReason::ClientError) => Attempt::Fail(reason),
+        (false, r) => Attempt::Retry(r, None),
     }
 }
 
@@ -428,85 +395,9 @@ fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
         .map(|s| Duration::from_secs_f64(s.min(60.0)))
 }
 
-/// The text up to its last complete sentence, if it has one.
-pub fn trim_to_sentence(text: &str) -> Option<&str> {
-    let mut end = None;
-    let mut chars = text.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
-        if matches!(c, '.' | '!' | '?' | '…' | '。') {
-            let next = chars.peek().map(|(_, n)| *n);
-            // A sentence ends at the mark followed by space/end (not "3.5" or "e.g.x").
-            if next.is_none_or(|n| n.is_whitespace() || matches!(n, '"' | '\'' | ')' | '”')) {
-                end = Some(i + c.len_utf8());
-            }
-        } else if is_emoji(c) && end.is_some_and(|e| text[e..i].trim().is_empty()) {
-            // An emoji right after the end mark belongs to the sentence.
-            end = Some(i + c.len_utf8());
-        }
-    }
-    end.map(|e| text[..e].trim_end())
-}
-
-fn is_emoji(c: char) -> bool {
-    matches!(c as u32, 0x1F300..=0x1FAFF | 0x2600..=0x27BF | 0xFE0F)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn t(sender: Sender, text: &str) -> StoredTurn {
-        StoredTurn {
-            sender,
-            text: text.into(),
-        }
-    }
-
-    #[test]
-    fn turns_alternate_start_with_the_user_and_end_with_the_new_message_once() {
-        let h = [
-            t(Sender::Ai, "welcome"),
-            t(Sender::User, "a"),
-            t(Sender::User, "b"),
-            t(Sender::Ai, "c"),
-        ];
-        let turns = build_turns(&h, "new", 10_000);
-        let roles: Vec<_> = turns.iter().map(|t| t.role).collect();
-        assert_eq!(roles, ["user", "assistant", "user"]);
-        assert_eq!(turns[0].content, "a\n\nb");
-        assert_eq!(turns[2].content, "new");
-    }
-
-    #[test]
-    fn the_character_budget_keeps_the_newest_turns() {
-        let h: Vec<_> = (0..50)
-            .map(|i| {
-                t(
-                    if i % 2 == 0 { Sender::User } else { Sender::Ai },
-                    &"x".repeat(1000),
-                )
-            })
-            .collect();
-        let turns = build_turns(&h, "latest question", 5_000);
-        let total: usize = turns.iter().map(|t| t.content.chars().count()).sum();
-        assert!(total <= 5_000, "{total}");
-        assert_eq!(turns.first().unwrap().role, "user");
-        assert_eq!(turns.last().unwrap().content, "latest question");
-    }
-
-    #[test]
-    fn truncated_text_is_cut_at_the_last_full_sentence() {
-        assert_eq!(
-            trim_to_sentence("We ship fast. Orders over $50 ship fr"),
-            Some("We ship fast.")
-        );
-        assert_eq!(
-            trim_to_sentence("Great! 🎉 Returns are free within 30"),
-            Some("Great! 🎉")
-        );
-        assert_eq!(trim_to_sentence("Version 3.5 is out and"), None);
-        assert_eq!(trim_to_sentence("no sentence at all"), None);
-    }
 
     #[test]
     fn retry_after_prefers_milliseconds() {
@@ -515,5 +406,17 @@ mod tests {
         assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
         h.insert("retry-after-ms", "150".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::from_millis(150)));
+    }
+
+    #[test]
+    fn statuses_are_classified_as_retry_or_fail() {
+        let h = reqwest::header::HeaderMap::new();
+        assert!(classify(200, &h).is_none());
+        for s in [408, 429, 500, 502, 503, 504, 529] {
+            assert!(matches!(classify(s, &h), Some(Attempt::Retry(..))), "{s}");
+        }
+        for s in [400, 401, 403, 404, 413] {
+            assert!(matches!(classify(s, &h), Some(Attempt::Fail(..))), "{s}");
+        }
     }
 }
