@@ -8,6 +8,7 @@ pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod handoff;
 pub mod http;
 pub mod knowledge;
 pub mod llm;
