@@ -37,3 +37,9 @@ ALTER TABLE idempotency_keys
     -- The completed response, whole, for replays: the reply's id and handoff.
     ADD COLUMN reply_message_id uuid,
     ADD COLUMN reply_handoff boolean NOT NULL DEFAULT false;
+
+-- Bumped by every write to the conversation. A cached history page records
+-- the version it was read at and is served only while it is still current,
+-- so what Redis does (refuse writes, turn read-only, lose keys, go away)
+-- can never make a reader see an acknowledged write undone.
+ALTER TABLE chat_sessions ADD COLUMN version bigint NOT NULL DEFAULT 0;

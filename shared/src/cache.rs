@@ -2,42 +2,46 @@
 //!
 //! # History cache: never stale after an acknowledged write
 //!
-//! Per session there are two keys sharing one hash tag (so they live on one
-//! shard): `{prefix}:{sid}:h`, the exact JSON body `GET /history` returns, and
-//! `{prefix}:{sid}:v`, a version counter.
+//! Per session one key, `{prefix}:{sid}:h`, holds the default history page
+//! as `<version>:<JSON body>`, where `version` is the conversation's version
+//! in PostgreSQL (`chat_sessions.version`, bumped by every write) when the
+//! page was read. A reader asks Redis for the entry and PostgreSQL for the
+//! current version at the same time (one point read on the primary key) and
+//! serves the entry only when the two versions agree; otherwise it reads
+//! the page and stores it under its version.
 //!
-//! - A reader does `MGET h v` (one round trip). `h` present: that is the
-//!   answer. Otherwise it remembers `v` (the *token*), reads PostgreSQL, and
-//!   fills with a script that sets `h` only if `v` still equals the token.
-//! - A writer, after its messages are committed in PostgreSQL and before it
-//!   answers, runs `INCR v; DEL h` atomically (and does the same before the
-//!   write, in the rate-limit round trip, so an entry that predates the write
-//!   is gone as early as possible).
+//! Correctness therefore rests on PostgreSQL alone: whatever Redis does
+//! after a write commits (refuses writes at `maxmemory`, turns read-only
+//! after a failover, answers too slowly, restarts empty, disappears), an
+//! entry older than the write no longer matches and is never served. A
+//! writer still deletes the entry after its commit, but only to free memory
+//! early (`DEL` is allowed even under `OOM`). No write ever creates a key
+//! for a session id it has not stored, so unknown ids cannot fill Redis.
 //!
-//! The race this closes: a reader misses, reads PostgreSQL *before* a write
-//! commits, and fills *after* the writer invalidated. The writer's `INCR`
-//! happened after the reader took its token, so the fill's check fails and
-//! the old body is never stored. A reader that took its token after the
-//! `INCR` reads PostgreSQL after the commit, so what it fills is current.
-//! Either way, once a POST has answered, no GET can see a body without its
-//! messages. `v` lives longer than `h` (its TTL is refreshed on every write),
-//! so a version cannot silently restart under a live entry.
+//! The price: a cache hit costs a Redis `GET` and a PostgreSQL point read
+//! in parallel, instead of the Redis read alone. What the cache saves is
+//! the page itself (up to 500 messages read, sorted and serialised).
 //!
 //! # Rate limits
 //!
 //! Fixed one-minute windows (`INCR` + `EXPIRE` in one script, per session and
 //! per client IP, one round trip). Over a limit, the script answers the
-//! seconds until the window resets, for `Retry-After`.
+//! seconds until the window resets, for `Retry-After`. When Redis refuses
+//! writes (`OOM`), limits cannot be counted: requests are allowed, and each
+//! one logs that rate limits are off and why.
 //!
 //! # Degradation
 //!
-//! The connection is made lazily and re-made by the connection manager; every
-//! call is bounded by `op_timeout`. Callers treat an error as "no cache" (read
-//! PostgreSQL) and "no limit" (fail open), and log it.
+//! The connection is made lazily and re-made by the connection manager; a
+//! `READONLY` answer (a connection left on a replica after a failover, which
+//! the manager would keep) replaces the connection, so the next call reaches
+//! the new primary. Every call is bounded by `op_timeout`. Callers treat an
+//! error as "no cache" (read PostgreSQL) and "no limit" (fail open), and log it.
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 use secrecy::ExposeSecret;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::RedisConfig;
@@ -53,17 +57,6 @@ pub enum CacheError {
     Redis(#[from] redis::RedisError),
 }
 
-/// What a cache lookup found.
-#[derive(Debug)]
-pub enum Lookup {
-    Hit(Vec<u8>),
-    /// Not cached; fill with this token after reading the database.
-    Miss(FillToken),
-}
-
-#[derive(Debug, Clone)]
-pub struct FillToken(String);
-
 /// A rate-limit subject.
 #[derive(Debug, Clone, Copy)]
 pub enum Subject<'a> {
@@ -73,55 +66,40 @@ pub enum Subject<'a> {
     HistoryIp(&'a str),
 }
 
-const FILL: &str = r"
-local v = redis.call('GET', KEYS[2]) or '0'
-if v == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-  return 1
-end
-return 0";
-
-const INVALIDATE: &str = r"
-redis.call('INCR', KEYS[2])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[1])
-return 1";
-
-// KEYS: the counters to charge, then (optionally) a session's h and v keys to
-// invalidate when the request is allowed. ARGV: window, version TTL, the
-// number of counters, then one limit per counter.
+// KEYS: the counters to charge. ARGV: window, then one limit per counter.
 const RATE_LIMIT: &str = r"
 local window = tonumber(ARGV[1])
-local n = tonumber(ARGV[3])
 local retry = 0
-for i = 1, n do
+for i = 1, #KEYS do
   local count = redis.call('INCR', KEYS[i])
   local ttl = redis.call('TTL', KEYS[i])
   if count == 1 or ttl < 0 then
     redis.call('EXPIRE', KEYS[i], window)
     ttl = window
   end
-  if count > tonumber(ARGV[3 + i]) and ttl > retry then
+  if count > tonumber(ARGV[1 + i]) and ttl > retry then
     retry = ttl
   end
 end
-if retry == 0 and #KEYS > n then
-  redis.call('INCR', KEYS[n + 2])
-  redis.call('EXPIRE', KEYS[n + 2], ARGV[2])
-  redis.call('DEL', KEYS[n + 1])
-end
 return retry";
+
+/// A cached history page: the body and the conversation version it shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cached {
+    pub version: i64,
+    pub body: Vec<u8>,
+}
 
 #[derive(Clone)]
 pub struct Cache {
-    conn: ConnectionManager,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// Replaced (not mutated) when a connection turns out read-only.
+    conn: Arc<Mutex<ConnectionManager>>,
     op_timeout: Duration,
     connect_timeout: Duration,
     ttl_secs: u64,
-    version_ttl_secs: u64,
     prefix: String,
-    fill: Script,
-    invalidate: Script,
     rate_limit: Script,
 }
 
@@ -132,6 +110,11 @@ impl std::fmt::Debug for Cache {
             .field("op_timeout", &self.op_timeout)
             .finish()
     }
+}
+
+/// Whether Redis refused a write for lack of memory (`maxmemory`, `noeviction`).
+pub fn is_out_of_memory(e: &CacheError) -> bool {
+    matches!(e, CacheError::Redis(r) if r.code() == Some("OOM"))
 }
 
 impl Cache {
@@ -155,86 +138,106 @@ impl Cache {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
-        let ttl_secs = cfg.history_ttl.as_secs().max(1);
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
         Ok(Cache {
-            conn,
+            client,
+            config,
+            conn: Arc::new(Mutex::new(conn)),
             op_timeout: cfg.op_timeout,
             connect_timeout: cfg.connect_timeout,
-            ttl_secs,
-            version_ttl_secs: ttl_secs + 3600,
+            ttl_secs: cfg.history_ttl.as_secs().max(1),
             prefix: cfg.key_prefix.clone(),
-            fill: Script::new(FILL),
-            invalidate: Script::new(INVALIDATE),
             rate_limit: Script::new(RATE_LIMIT),
         })
     }
 
-    fn keys(&self, sid: SessionId) -> (String, String) {
-        (
-            format!("{}:{{{sid}}}:h", self.prefix),
-            format!("{}:{{{sid}}}:v", self.prefix),
-        )
+    fn key(&self, sid: SessionId) -> String {
+        format!("{}:{{{sid}}}:h", self.prefix)
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
     }
 
     /// A backstop around each call. The client already bounds each
     /// command by `op_timeout` (response timeout) and each (re)connect by
     /// `connect_timeout`; a call that has to connect first may need both.
+    /// A `READONLY` answer replaces the connection for the next call.
     async fn bounded<T>(
         &self,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> CacheResult<T> {
-        match tokio::time::timeout(self.op_timeout + self.connect_timeout, fut).await {
-            Ok(r) => Ok(r?),
+        let limit = crate::deadline::bound(self.op_timeout + self.connect_timeout);
+        match tokio::time::timeout(limit, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if e.code() == Some("READONLY") {
+                    self.reconnect();
+                }
+                Err(e.into())
+            }
             Err(_) => Err(CacheError::Timeout),
         }
     }
 
-    /// One round trip: the cached body, or a token to fill with.
-    pub async fn lookup(&self, sid: SessionId) -> CacheResult<Lookup> {
-        let (h, v) = self.keys(sid);
-        let mut conn = self.conn.clone();
-        let (body, version): (Option<Vec<u8>>, Option<String>) = self
-            .bounded(redis::cmd("MGET").arg(&h).arg(&v).query_async(&mut conn))
+    fn reconnect(&self) {
+        tracing::warn!("redis answered READONLY (a replica): reconnecting");
+        if let Ok(fresh) =
+            ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+            && let Ok(mut c) = self.conn.lock()
+        {
+            *c = fresh;
+        }
+    }
+
+    /// The cached default page of `sid`, if any (one round trip).
+    pub async fn lookup(&self, sid: SessionId) -> CacheResult<Option<Cached>> {
+        let mut conn = self.conn();
+        let raw: Option<Vec<u8>> = self
+            .bounded(redis::cmd("GET").arg(self.key(sid)).query_async(&mut conn))
             .await?;
-        Ok(match body {
-            Some(b) => Lookup::Hit(b),
-            None => Lookup::Miss(FillToken(version.unwrap_or_else(|| "0".into()))),
-        })
+        Ok(raw.and_then(|r| decode(&r)))
     }
 
-    /// Stores `body` unless a write happened since `token` was taken.
-    /// Returns whether it was stored.
-    pub async fn fill(&self, sid: SessionId, token: &FillToken, body: &[u8]) -> CacheResult<bool> {
-        let (h, v) = self.keys(sid);
-        let mut conn = self.conn.clone();
-        let mut inv = self.fill.key(&h);
-        inv.key(&v).arg(&token.0).arg(body).arg(self.ttl_secs);
-        let stored: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
-        Ok(stored == 1)
+    /// Stores the default page of `sid` as read at `version`.
+    pub async fn fill(&self, sid: SessionId, version: i64, body: &[u8]) -> CacheResult<()> {
+        let mut value = format!("{version}:").into_bytes();
+        value.extend_from_slice(body);
+        let mut conn = self.conn();
+        let cmd = redis::cmd("SET")
+            .arg(self.key(sid))
+            .arg(value)
+            .arg("EX")
+            .arg(self.ttl_secs)
+            .to_owned();
+        self.bounded(cmd.query_async::<()>(&mut conn)).await
     }
 
-    /// After a write to the session is committed: bump the version, drop the body.
+    /// After a write to the session is committed: drop its entry (memory
+    /// only; correctness does not depend on it, see the module doc).
     pub async fn invalidate(&self, sid: SessionId) -> CacheResult<()> {
-        let (h, v) = self.keys(sid);
-        let mut conn = self.conn.clone();
-        let mut inv = self.invalidate.key(&h);
-        inv.key(&v).arg(self.version_ttl_secs);
-        let _: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
-        Ok(())
+        let mut conn = self.conn();
+        self.bounded(
+            redis::cmd("DEL")
+                .arg(self.key(sid))
+                .query_async::<i64>(&mut conn),
+        )
+        .await
+        .map(drop)
     }
 
-    /// Charges each `(subject, limit)` (limits of 0 are skipped) and, when
-    /// allowed, invalidates `session`'s cache entry in the same round trip.
+    /// Charges each `(subject, limit)` (limits of 0 are skipped).
     /// `Some(retry_after)` when a limit is exceeded.
     pub async fn check_limits(
         &self,
         charges: &[(Subject<'_>, u32)],
         window: Duration,
-        invalidate: Option<SessionId>,
     ) -> CacheResult<Option<Duration>> {
         let charges: Vec<_> = charges.iter().filter(|(_, limit)| *limit > 0).collect();
-        if charges.is_empty() && invalidate.is_none() {
+        if charges.is_empty() {
             return Ok(None);
         }
         let mut inv = self.rate_limit.prepare_invoke();
@@ -245,27 +248,31 @@ impl Cache {
                 Subject::HistoryIp(ip) => format!("{}:rl:hip:{ip}", self.prefix),
             });
         }
-        if let Some(sid) = invalidate {
-            let (h, v) = self.keys(sid);
-            inv.key(h).key(v);
-        }
-        inv.arg(window.as_secs().max(1))
-            .arg(self.version_ttl_secs)
-            .arg(charges.len());
+        inv.arg(window.as_secs().max(1));
         for (_, limit) in &charges {
             inv.arg(*limit);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let retry: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
         Ok((retry > 0).then(|| Duration::from_secs(retry.unsigned_abs())))
     }
 
     /// A round trip that proves the server answers (for readiness checks and tests).
     pub async fn ping(&self) -> CacheResult<()> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let _: Value = self
             .bounded(redis::cmd("PING").query_async(&mut conn))
             .await?;
         Ok(())
     }
+}
+
+/// `<version>:<body>`; anything else is treated as absent.
+fn decode(raw: &[u8]) -> Option<Cached> {
+    let colon = raw.iter().position(|b| *b == b':')?;
+    let version = std::str::from_utf8(&raw[..colon]).ok()?.parse().ok()?;
+    Some(Cached {
+        version,
+        body: raw[colon + 1..].to_vec(),
+    })
 }

@@ -240,6 +240,20 @@ impl Config {
 
     /// Validates a complete set of values (no I/O but reading CA/knowledge files).
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let idempotency_lease = env.millis("IDEMPOTENCY_LEASE_MS", 60_000)?;
+        // A claim must outlive the request holding it, or a retry could run
+        // the same request twice at once.
+        if let Some(timeout) = env.get("FUNCTION_TIMEOUT_SECONDS") {
+            let secs: u64 = timeout
+                .parse()
+                .map_err(|_| invalid("FUNCTION_TIMEOUT_SECONDS", "not a valid number"))?;
+            if idempotency_lease <= Duration::from_secs(secs) {
+                return Err(invalid(
+                    "IDEMPOTENCY_LEASE_MS",
+                    "must be longer than the function timeout (FUNCTION_TIMEOUT_SECONDS)",
+                ));
+            }
+        }
         Ok(Config {
             database: DatabaseConfig::from_env(env)?,
             redis: RedisConfig::from_env(env)?,
@@ -248,7 +262,7 @@ impl Config {
             handoff: HandoffConfig::from_env(env)?,
             allowed_origins: allowed_origins(env),
             default_request_budget: env.millis("REQUEST_BUDGET_MS", 15_000)?,
-            idempotency_lease: env.millis("IDEMPOTENCY_LEASE_MS", 60_000)?,
+            idempotency_lease,
             session_retention: Duration::from_secs(
                 env.parse::<u64>("SESSION_RETENTION_DAYS", 90)?.max(1) * 86_400,
             ),

@@ -361,11 +361,12 @@ impl HistoryQuery {
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
-    /// 1 to 255 printable ASCII characters (space through tilde), not all
-    /// blank; surrounding blanks are not part of the key.
+    /// 16 to 255 printable ASCII characters (space through tilde);
+    /// surrounding blanks are not part of the key. Sixteen characters at
+    /// least, so a key is not guessable (a UUID is the intended choice).
     pub fn parse(raw: &[u8]) -> Result<Self, Error> {
         let raw = raw.trim_ascii();
-        if raw.is_empty() || raw.len() > 255 || !raw.iter().all(|b| (0x20..=0x7e).contains(b)) {
+        if raw.len() < 16 || raw.len() > 255 || !raw.iter().all(|b| (0x20..=0x7e).contains(b)) {
             return Err(Error::InvalidIdempotencyKey);
         }
         // Checked ASCII above, so this cannot fail.
@@ -413,7 +414,11 @@ mod tests {
 
     #[test]
     fn idempotency_key_must_be_printable_ascii() {
-        assert!(IdempotencyKey::parse(b"abc-123").is_ok());
+        assert!(IdempotencyKey::parse(b"9f1c2b7e-0d5a-4c1e-8b3a-2f6e4d7c9a10").is_ok());
+        assert!(
+            IdempotencyKey::parse(b"order-1").is_err(),
+            "too short to be unguessable"
+        );
         assert!(IdempotencyKey::parse(b"").is_err());
         assert!(IdempotencyKey::parse(b"   ").is_err());
         assert!(IdempotencyKey::parse(&[b'a'; 256]).is_err());

@@ -21,7 +21,7 @@ pub enum Error {
     InvalidSessionId,
     #[error("{0}")]
     InvalidQuery(&'static str),
-    #[error("the Idempotency-Key header must be 1 to 255 printable ASCII characters")]
+    #[error("the Idempotency-Key header must be 16 to 255 printable ASCII characters (use a UUID)")]
     InvalidIdempotencyKey,
     #[error("no conversation with this sessionId")]
     SessionNotFound,

@@ -6,12 +6,14 @@
 
 pub mod cache;
 pub mod config;
+pub mod deadline;
 pub mod domain;
 pub mod error;
 pub mod handoff;
 pub mod http;
 pub mod knowledge;
 pub mod llm;
+pub mod notify;
 pub mod service;
 pub mod store;
 pub mod telemetry;

@@ -73,6 +73,7 @@ pub async fn send_message(app: &Arc<App>, req: Request) -> Result<Response<ChatB
     let meta = Meta::of(&req);
     let span = info_span!("request", request_id = %meta.request_id, route = "send-message");
     let started = Instant::now();
+    let deadline = meta.deadline(app);
     let resp = async {
         let input = match *req.method() {
             Method::OPTIONS => return preflight(app, &meta, "POST, OPTIONS"),
@@ -89,9 +90,10 @@ pub async fn send_message(app: &Arc<App>, req: Request) -> Result<Response<ChatB
             (Ok(begun), true) => open_stream(app.clone(), &meta, begun, Span::current()),
             (Ok(begun), false) => json_reply(app, &meta, begun).await,
         }
-    }
-    .instrument(span.clone())
-    .await;
+    };
+    let resp = crate::deadline::within(deadline, resp)
+        .instrument(span.clone())
+        .await;
     span.in_scope(|| log_done(resp.status(), started));
     Ok(resp)
 }
@@ -147,7 +149,7 @@ fn open_stream(app: Arc<App>, meta: &Meta, begun: Started, span: Span) -> Respon
                 let gone = tx.send(last).is_err();
                 info!(client_gone = gone, "stream finished");
             };
-            tokio::spawn(task.instrument(span));
+            tokio::spawn(crate::deadline::within(deadline, task).instrument(span));
         }
     }
     resp
@@ -165,6 +167,7 @@ pub async fn get_history(app: &App, req: Request) -> Result<Response<Body>, Infa
     let meta = Meta::of(&req);
     let span = info_span!("request", request_id = %meta.request_id, route = "get-history");
     let started = Instant::now();
+    let deadline = meta.deadline(app);
     let resp = async {
         let result = match *req.method() {
             Method::OPTIONS => return into_buffered(preflight(app, &meta, "GET, OPTIONS")),
@@ -183,9 +186,10 @@ pub async fn get_history(app: &App, req: Request) -> Result<Response<Body>, Infa
             Err(e) => error_response(app, &meta, &e),
         };
         into_buffered(resp)
-    }
-    .instrument(span.clone())
-    .await;
+    };
+    let resp = crate::deadline::within(deadline, resp)
+        .instrument(span.clone())
+        .await;
     span.in_scope(|| log_done(resp.status(), started));
     Ok(resp)
 }

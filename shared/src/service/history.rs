@@ -1,10 +1,10 @@
 //! `get_history`: a page of the conversation, the default page from the
 //! cache when it has it (read-your-writes: see `cache`), else PostgreSQL.
 
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::App;
-use crate::cache::{Lookup, Subject};
+use crate::cache::Subject;
 use crate::domain::{History, HistoryQuery, SessionId};
 use crate::error::{Error, Result};
 
@@ -41,21 +41,33 @@ impl App {
         client_ip: Option<&str>,
     ) -> Result<(Vec<u8>, CacheOutcome)> {
         self.check_history_limit(client_ip).await?;
-        let mut outcome = CacheOutcome::Off;
-        let mut token = None;
-        if let (Some(cache), true) = (&self.cache, query.is_default()) {
-            match cache.lookup(sid).await {
-                Ok(Lookup::Hit(body)) => return Ok((body, CacheOutcome::Hit)),
-                Ok(Lookup::Miss(t)) => {
-                    outcome = CacheOutcome::Miss;
-                    token = Some(t);
-                }
-                Err(e) => {
-                    outcome = CacheOutcome::Error;
-                    warn!(error = %e, "cache lookup failed; reading the database");
-                }
+        let cache = self.cache.as_ref().filter(|_| query.is_default());
+        let Some(cache) = cache else {
+            let (body, _) = self.read_page(sid, query).await?;
+            return Ok((body, CacheOutcome::Off));
+        };
+        // The entry and the current version at once: the version decides.
+        let (cached, version) = tokio::join!(cache.lookup(sid), self.store.session_version(sid));
+        let version = version?.ok_or(Error::SessionNotFound)?;
+        let outcome = match cached {
+            Ok(Some(c)) if c.version == version => return Ok((c.body, CacheOutcome::Hit)),
+            Ok(_) => CacheOutcome::Miss,
+            Err(e) => {
+                warn!(error = %e, "cache lookup failed; reading the database");
+                CacheOutcome::Error
+            }
+        };
+        let (body, read_at) = self.read_page(sid, query).await?;
+        if outcome == CacheOutcome::Miss {
+            if let Err(e) = cache.fill(sid, read_at, &body).await {
+                warn!(error = %e, "cache fill failed");
             }
         }
+        Ok((body, outcome))
+    }
+
+    /// A page from PostgreSQL, serialised, with the version it was read at.
+    async fn read_page(&self, sid: SessionId, query: HistoryQuery) -> Result<(Vec<u8>, i64)> {
         let page = self
             .store
             .history(sid, query.limit, query.before)
@@ -68,14 +80,7 @@ impl App {
             has_more: page.has_more,
         })
         .map_err(Error::internal)?;
-        if let (Some(cache), Some(token)) = (&self.cache, token) {
-            match cache.fill(sid, &token, &body).await {
-                Ok(true) => {}
-                Ok(false) => info!("cache fill skipped: the session changed meanwhile"),
-                Err(e) => warn!(error = %e, "cache fill failed"),
-            }
-        }
-        Ok((body, outcome))
+        Ok((body, page.version))
     }
 
     /// `RATE_LIMIT_HISTORY_PER_IP_PER_MINUTE`; fails open when Redis does.
@@ -85,11 +90,11 @@ impl App {
         };
         let limits = self.config.limits;
         let charges = [(Subject::HistoryIp(ip), limits.history_per_ip)];
-        match cache.check_limits(&charges, limits.window, None).await {
+        match cache.check_limits(&charges, limits.window).await {
             Ok(None) => Ok(()),
             Ok(Some(retry_after)) => Err(Error::RateLimited { retry_after }),
             Err(e) => {
-                warn!(error = %e, "history rate limit check failed; allowing the request (fail open)");
+                super::send::rate_limits_off(&e);
                 Ok(())
             }
         }

@@ -250,30 +250,35 @@ impl App {
         if let Some(ip) = req.client_ip.as_deref() {
             charges.push((Subject::Ip(ip), limits.per_ip));
         }
-        match cache
-            .check_limits(&charges, limits.window, req.session_id)
-            .await
-        {
+        match cache.check_limits(&charges, limits.window).await {
             Ok(None) => Ok(()),
             Ok(Some(retry_after)) => {
                 info!(retry_after_s = retry_after.as_secs(), "rate limited");
                 Err(Error::RateLimited { retry_after })
             }
             Err(e) => {
-                warn!(error = %e, "rate limit check failed; allowing the request (fail open)");
+                rate_limits_off(&e);
                 Ok(())
             }
         }
     }
 
+    /// Frees the session's cache entry; a stale entry is never served
+    /// anyway (its version no longer matches), so a failure only costs memory.
     async fn invalidate(&self, sid: SessionId) {
         let Some(cache) = &self.cache else { return };
-        if let Err(first) = cache.invalidate(sid).await {
-            // One more try: a failed invalidation is the only way the cache could go stale.
-            if let Err(e) = cache.invalidate(sid).await {
-                tracing::error!(error = %e, first_error = %first, session_id = %sid, "cache invalidation failed");
-            }
+        if let Err(e) = cache.invalidate(sid).await {
+            warn!(error = %e, "cache entry not deleted; it will not be served (stale version)");
         }
+    }
+}
+
+/// Failing open, said loudly: with Redis refusing writes, nothing is counted.
+pub(super) fn rate_limits_off(e: &crate::cache::CacheError) {
+    if crate::cache::is_out_of_memory(e) {
+        warn!(error = %e, "rate limits are off: Redis refuses writes (out of memory); allowing the request");
+    } else {
+        warn!(error = %e, "rate limit check failed; allowing the request (fail open)");
     }
 }
 

@@ -33,6 +33,8 @@ pub struct HistoryPage {
     pub messages: Vec<Message>,
     /// Older messages exist before the first one of this page.
     pub has_more: bool,
+    /// The conversation's version when the page was read.
+    pub version: i64,
 }
 
 // The shopper's message commits without waiting for its WAL flush
@@ -45,7 +47,7 @@ WITH target AS (
     SELECT COALESCE((SELECT id FROM chat_sessions WHERE id = $1), $2) AS id
 ), s AS (
     INSERT INTO chat_sessions AS cs (id) SELECT id FROM target
-    ON CONFLICT (id) DO UPDATE SET updated_at = now()
+    ON CONFLICT (id) DO UPDATE SET updated_at = now(), version = cs.version + 1
     RETURNING cs.id, cs.status
 ), m AS (
     INSERT INTO chat_messages (id, session_id, sender, text)
@@ -75,7 +77,7 @@ WITH m AS (
     VALUES ($1, $2, 'ai', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $14)
     RETURNING session_id
 ), s AS (
-    UPDATE chat_sessions SET updated_at = now(),
+    UPDATE chat_sessions SET updated_at = now(), version = version + 1,
         handoffs = handoffs + CASE WHEN $14::text IS NOT NULL AND status = 'open' THEN 1 ELSE 0 END,
         status = CASE WHEN $14::text IS NOT NULL THEN 'waiting_for_human' ELSE status END
     WHERE id = $2
@@ -102,7 +104,7 @@ SELECT r.sender, r.text FROM (
 // `before_ok` is false when `$3` names no message of this session.
 const HISTORY: &str = "
 WITH b AS (SELECT seq FROM chat_messages WHERE id = $3 AND session_id = $1)
-SELECT s.status, ($3::uuid IS NULL OR EXISTS (SELECT 1 FROM b)),
+SELECT s.status, ($3::uuid IS NULL OR EXISTS (SELECT 1 FROM b)), s.version,
        m.id, m.text, m.sender, floor(extract(epoch FROM m.created_at) * 1000)::int8
 FROM chat_sessions s
 LEFT JOIN LATERAL (
@@ -113,7 +115,20 @@ LEFT JOIN LATERAL (
 WHERE s.id = $1
 ORDER BY m.seq";
 
+const VERSION: &str = "SELECT version FROM chat_sessions WHERE id = $1";
+
 impl Store {
+    /// The conversation's current version; `None` when there is no such session.
+    pub async fn session_version(&self, session_id: SessionId) -> Result<Option<i64>> {
+        let rows = self
+            .query(VERSION, &[(session_id.as_uuid(), Type::UUID)])
+            .await?;
+        rows.first()
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(Into::into)
+    }
+
     /// Stores the shopper's message, creating the session when `requested`
     /// names none (with the server-generated `new_id`), and returns the
     /// earlier messages for context. One statement.
@@ -255,6 +270,7 @@ impl Store {
             ));
         }
         let status = status(first.try_get(0)?)?;
+        let version: i64 = first.try_get(2)?;
         let mut messages = rows
             .iter()
             .map(message)
@@ -268,22 +284,23 @@ impl Store {
             status,
             messages,
             has_more,
+            version,
         }))
     }
 }
 
 /// A history row's message; `None` for the empty row of a session without any.
 fn message(row: &tokio_postgres::Row) -> Result<Option<Message>> {
-    let Some(id) = row.try_get::<_, Option<Uuid>>(2)? else {
+    let Some(id) = row.try_get::<_, Option<Uuid>>(3)? else {
         return Ok(None);
     };
-    let sender: String = row.try_get(4)?;
+    let sender: String = row.try_get(5)?;
     Ok(Some(Message {
         id,
-        text: row.try_get(3)?,
+        text: row.try_get(4)?,
         sender: Sender::parse(&sender)
             .ok_or_else(|| Error::internal("unknown sender in database"))?,
-        timestamp: row.try_get(5)?,
+        timestamp: row.try_get(6)?,
     }))
 }
 

@@ -50,6 +50,7 @@ pub fn connector(
 pub struct Store {
     pool: Pool,
     statement_timeout: Duration,
+    connect_timeout: Duration,
     /// For cancel requests, which open a connection of their own.
     tls: tokio_postgres_rustls::MakeRustlsConnect,
 }
@@ -91,12 +92,17 @@ impl Store {
         Ok(Store {
             pool,
             statement_timeout: cfg.statement_timeout,
+            connect_timeout: cfg.connect_timeout,
             tls,
         })
     }
 
     async fn client(&self) -> Result<Object> {
-        Ok(self.pool.get().await?)
+        let wait = crate::deadline::bound(self.connect_timeout);
+        match tokio::time::timeout(wait, self.pool.get()).await {
+            Ok(client) => Ok(client?),
+            Err(_) => Err(Error::Unavailable("no database connection in time".into())),
+        }
     }
 
     /// Runs one statement within the statement timeout. On timeout the
@@ -107,15 +113,15 @@ impl Store {
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Vec<tokio_postgres::Row>> {
         let client = self.client().await?;
-        let res =
-            tokio::time::timeout(self.statement_timeout, client.query_typed(sql, params)).await;
+        let limit = crate::deadline::bound(self.statement_timeout);
+        let res = tokio::time::timeout(limit, client.query_typed(sql, params)).await;
         match res {
             Ok(rows) => Ok(rows?),
             Err(_) => {
                 // Cancel on the server, so the statement cannot commit after we answered 503.
                 let token = client.cancel_token();
                 let cancel = token.cancel_query(self.tls.clone());
-                if tokio::time::timeout(Duration::from_secs(1), cancel)
+                if tokio::time::timeout(crate::deadline::bound(Duration::from_secs(1)), cancel)
                     .await
                     .is_err()
                 {
