@@ -623,8 +623,10 @@ mod tests {
         ("hello, where is my order?", &[TRACKING]),
     ];
 
-    /// Written after the keywords lines were tuned on `QUESTIONS` and never
-    /// tuned on: 30 right when first run (the code before BM25 got 20).
+    /// Written after the keywords lines were tuned on `QUESTIONS`: 28 right
+    /// when first run, 30 after two changes their misses prompted (document
+    /// frequency weighted by field; "store credit", a fact the store does not
+    /// state, dropped from the keywords). The code before BM25 got 20.
     const FRESH_QUESTIONS: &[(&str, &[&str])] = &[
         ("u guys ship to hawaii?", &[SHIPPING]),
         ("what carrier do u use for deliveries", &[SHIPPING]),
