@@ -7,7 +7,7 @@
    (which prints the function's raw Lambda response: statusCode, headers,
    body) and checks status, error code or reply, and the contract's headers.
    The function is the file name's prefix (send-message-*, get-history-*,
-   cleanup-*). What a fixture must answer follows from its name (EXPECT
+   cleanup-*, notify-handoffs-*). What a fixture must answer follows from its name (EXPECT
    below); files that are not events (a SAM --env-vars file) are skipped, and
    any other file is a failure, so that a new fixture gets an expectation.
 2. Over HTTP on the emulator's routed paths (Cargo.toml
@@ -83,8 +83,8 @@ def short(v, n=300):
 # ------------------------------------------------------------ invoking ----
 
 
-def invoke(port, function, data_file):
-    """Runs `cargo lambda invoke`; returns the parsed JSON it prints."""
+def invoke(port, function, data_file, raw=False):
+    """Runs `cargo lambda invoke`; returns the parsed JSON it prints (raw: the text)."""
     timeout = CALL_TIMEOUT if function in first_call else FIRST_CALL_TIMEOUT
     first_call.add(function)
     cmd = [
@@ -92,9 +92,8 @@ def invoke(port, function, data_file):
         "--data-file", data_file,
         "--invoke-address", "127.0.0.1",
         "--invoke-port", str(port),
-        "--output-format", "json",
         "--color", "never",
-    ]
+    ] + ([] if raw else ["--output-format", "json"])
     started = time.monotonic()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
@@ -102,6 +101,9 @@ def invoke(port, function, data_file):
         raise RuntimeError(f"`{' '.join(cmd)}` did not answer within {timeout} s")
     if p.returncode != 0:
         raise RuntimeError(f"`{' '.join(cmd)}` exited {p.returncode}: {short(p.stderr.strip() or p.stdout, 2000)}")
+    if raw:
+        print(f"  .. {function} <- {os.path.basename(data_file)} ({time.monotonic() - started:.1f} s)", flush=True)
+        return p.stdout
     try:
         out = json.loads(p.stdout)
     except ValueError:
@@ -173,24 +175,78 @@ def check_reply(name, status, body, client_sid=None):
     return body.get("sessionId") if ok else None
 
 
+def sse_events(text):
+    """[(event, data parsed as JSON)] of a Server-Sent Events body."""
+    out = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        ev, data = "message", []
+        for line in block.split("\n"):
+            if line.startswith("event:"):
+                ev = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].lstrip(" "))
+        if data:
+            try:
+                out.append((ev, json.loads("\n".join(data))))
+            except ValueError:
+                out.append((ev, "\n".join(data)))
+    return out
+
+
+def check_stream(name, text):
+    """session first, deltas, done last (the contract's stream); the session id or None."""
+    evs = sse_events(text)
+    kinds = [e for e, _ in evs]
+    ok = C.check(f"{name}: session, delta*, done",
+                 len(evs) >= 2 and kinds[0] == "session" and kinds[-1] == "done"
+                 and all(k == "delta" for k in kinds[1:-1]), short(text))
+    if not ok:
+        return None
+    sid = evs[0][1].get("sessionId") if isinstance(evs[0][1], dict) else None
+    done = evs[-1][1] if isinstance(evs[-1][1], dict) else {}
+    ok = C.check(f"{name}: done has the reply, the session's id and a messageId",
+                 is_uuid(sid) and done.get("sessionId") == sid and is_uuid(done.get("messageId"))
+                 and isinstance(done.get("reply"), str) and done["reply"].strip() != "", short(evs))
+    return sid if ok else None
+
+
 def fixtures(port, events_dir, allowed, created):
     names = sorted(f for f in os.listdir(events_dir) if f.endswith(".json"))
     for fname in names:
         path = os.path.join(events_dir, fname)
         with open(path, encoding="utf-8") as f:
             event = json.load(f)
-        function = next((fn for fn in ("send-message", "get-history", "cleanup") if fname.startswith(fn + "-")), None)
+        function = next((fn for fn in ("send-message", "get-history", "cleanup", "notify-handoffs")
+                         if fname.startswith(fn + "-")), None)
         if function is None:
             if isinstance(event, dict) and "Parameters" in event and not ({"version", "httpMethod", "source"} & event.keys()):
                 print(f"  skip {fname} (a `sam local invoke --env-vars` file, not an event)")
                 continue
-            C.check(f"{fname}: known fixture", False, "name starts with no function (send-message-, get-history-, cleanup-)")
+            C.check(f"{fname}: known fixture", False,
+                    "name starts with no function (send-message-, get-history-, cleanup-, notify-handoffs-)")
             continue
         name = f"invoke {function} {fname}"
+        # Accept: text/event-stream: the streaming runner's body is the events
+        # (`cargo lambda invoke` prints the body of a streamed response).
+        streamed = function == "send-message" and "stream" in fname
         try:
-            resp = invoke(port, function, path)
+            resp = invoke(port, function, path, raw=streamed)
         except RuntimeError as e:
             C.check(name, False, str(e))
+            continue
+
+        if streamed:
+            sent = request_body(event) or {}
+            sid = check_stream(name, resp)
+            if sid:
+                created.append((fname, sid, sent.get("message", "").strip(), sse_events(resp)[-1][1]["reply"]))
+            continue
+
+        if function == "notify-handoffs":
+            C.check(f"{name}: sent, failed and pending are counts",
+                    isinstance(resp, dict)
+                    and all(isinstance(resp.get(k), int) and resp[k] >= 0 for k in ("sent", "failed", "pending")),
+                    short(resp))
             continue
 
         if function == "cleanup":
