@@ -2,12 +2,9 @@
 //! stale after an acknowledged write, correct under concurrency, and never
 //! in the way when Redis misbehaves.
 
-mod common;
-
-use common::*;
+use super::support::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support_chat::cache::Lookup;
 use support_chat::domain::SessionId;
 use support_chat::service::CacheOutcome;
 
@@ -53,7 +50,11 @@ async fn a_get_after_a_post_always_shows_the_posts_messages_despite_racing_reade
         let msg = format!("round {round}");
         let r = h.post(&json_body(&msg, Some(&id))).await;
         assert_eq!(r.status, 200);
-        let (body, _) = h.app.get_history(sid(&id)).await.unwrap();
+        let (body, _) = h
+            .app
+            .get_history(sid(&id), Default::default(), None)
+            .await
+            .unwrap();
         let t = texts(&body);
         assert_eq!(t.len(), 2 * (round + 1), "round {round}: {t:?}");
         assert_eq!(t[t.len() - 2], msg, "round {round}");
@@ -63,25 +64,29 @@ async fn a_get_after_a_post_always_shows_the_posts_messages_despite_racing_reade
         }
     }
     // The last read came from the cache, and it was complete.
-    let (body, outcome) = h.app.get_history(sid(&id)).await.unwrap();
+    let (body, outcome) = h
+        .app
+        .get_history(sid(&id), Default::default(), None)
+        .await
+        .unwrap();
     assert_eq!(outcome, CacheOutcome::Hit);
     assert_eq!(texts(&body).len(), 62);
 }
 
 #[tokio::test]
-async fn a_reader_that_read_the_database_before_a_write_cannot_fill_the_cache_after_it() {
+async fn a_reader_that_read_the_database_before_a_write_cannot_make_the_cache_serve_it() {
     let h = Harness::with_redis().await;
     let cache = h.app.cache().unwrap();
     let id = h.post(&json_body("first", None)).await.session_id();
     let s = sid(&id);
 
-    // The reader's first half: a miss, and the database as it is now.
-    let Lookup::Miss(token) = cache.lookup(s).await.unwrap() else {
-        panic!("expected a miss")
-    };
+    // The reader's first half: the database as it is now.
+    let page = h.app.store().history(s, 500, None).await.unwrap().unwrap();
     let stale = serde_json::to_vec(&support_chat::domain::History {
         session_id: s,
-        messages: h.app.store().history(s).await.unwrap().unwrap(),
+        messages: page.messages,
+        status: page.status,
+        has_more: false,
     })
     .unwrap();
     assert_eq!(texts(&stale).len(), 2);
@@ -89,23 +94,32 @@ async fn a_reader_that_read_the_database_before_a_write_cannot_fill_the_cache_af
     // A write lands and is acknowledged in between.
     assert_eq!(h.post(&json_body("second", Some(&id))).await.status, 200);
 
-    // The reader's second half: its fill is refused.
-    assert!(
-        !cache.fill(s, &token, &stale).await.unwrap(),
-        "a stale fill must be refused"
-    );
-    let (body, outcome) = h.app.get_history(s).await.unwrap();
+    // The reader's second half: its late fill lands, but it shows an older
+    // version of the conversation than the database's, so it is never served.
+    cache.fill(s, page.version, &stale).await.unwrap();
+    let (body, outcome) = h
+        .app
+        .get_history(s, Default::default(), None)
+        .await
+        .unwrap();
     assert_eq!(outcome, CacheOutcome::Miss);
     assert_eq!(texts(&body).len(), 4);
-    let (body, outcome) = h.app.get_history(s).await.unwrap();
+    let (body, outcome) = h
+        .app
+        .get_history(s, Default::default(), None)
+        .await
+        .unwrap();
     assert_eq!((outcome, texts(&body).len()), (CacheOutcome::Hit, 4));
 
-    // And the same race with a fresh token succeeds, so the check is not vacuous.
-    assert_eq!(h.post(&json_body("third", Some(&id))).await.status, 200);
-    let Lookup::Miss(token) = cache.lookup(s).await.unwrap() else {
-        panic!("expected a miss")
-    };
-    assert!(cache.fill(s, &token, b"{}").await.unwrap());
+    // And an entry at the current version is served, so the check is not vacuous.
+    let current = h.app.store().session_version(s).await.unwrap().unwrap();
+    cache.fill(s, current, b"{}").await.unwrap();
+    let (body, outcome) = h
+        .app
+        .get_history(s, Default::default(), None)
+        .await
+        .unwrap();
+    assert_eq!((outcome, body.as_slice()), (CacheOutcome::Hit, &b"{}"[..]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -133,12 +147,23 @@ async fn twenty_concurrent_posts_store_forty_messages_and_the_cache_matches_the_
     }
     assert_eq!(h.db.messages().await, 42);
     let s = sid(&id);
-    let (first, _) = h.app.get_history(s).await.unwrap();
-    let (cached, outcome) = h.app.get_history(s).await.unwrap();
+    let (first, _) = h
+        .app
+        .get_history(s, Default::default(), None)
+        .await
+        .unwrap();
+    let (cached, outcome) = h
+        .app
+        .get_history(s, Default::default(), None)
+        .await
+        .unwrap();
     assert_eq!(outcome, CacheOutcome::Hit);
+    let page = h.app.store().history(s, 500, None).await.unwrap().unwrap();
     let from_db = serde_json::to_vec(&support_chat::domain::History {
         session_id: s,
-        messages: h.app.store().history(s).await.unwrap().unwrap(),
+        messages: page.messages,
+        status: page.status,
+        has_more: page.has_more,
     })
     .unwrap();
     assert_eq!(
@@ -159,7 +184,10 @@ async fn the_history_entry_expires_after_the_configured_ttl() {
         .push(("HISTORY_CACHE_TTL_SECONDS".into(), "600".into()));
     let h = Harness::with(opts, fake_claude_answering("ok").await).await;
     let id = h.post(&json_body("hi", None)).await.session_id();
-    h.app.get_history(sid(&id)).await.unwrap();
+    h.app
+        .get_history(sid(&id), Default::default(), None)
+        .await
+        .unwrap();
     let ns = h.redis.as_ref().unwrap();
     let mut c = RedisNs::conn().await;
     let ttl: i64 = redis::cmd("TTL")
@@ -278,7 +306,11 @@ async fn assert_serves_from_postgres(h: &Harness) {
     let got = h.history(&id).await;
     assert_eq!(got.status, 200);
     assert_eq!(got.body["messages"].as_array().unwrap().len(), 4);
-    let (_, outcome) = h.app.get_history(sid(&id)).await.unwrap();
+    let (_, outcome) = h
+        .app
+        .get_history(sid(&id), Default::default(), None)
+        .await
+        .unwrap();
     assert_eq!(outcome, CacheOutcome::Error);
     // 4 requests with at most a few bounded Redis calls each.
     assert!(
@@ -388,9 +420,16 @@ async fn the_cache_comes_back_by_itself_when_redis_returns() {
     let h = degraded(&format!("redis://127.0.0.1:{port}")).await;
 
     let id = h.post(&json_body("hello", None)).await.session_id();
-    h.app.get_history(sid(&id)).await.unwrap();
+    h.app
+        .get_history(sid(&id), Default::default(), None)
+        .await
+        .unwrap();
     assert_eq!(
-        h.app.get_history(sid(&id)).await.unwrap().1,
+        h.app
+            .get_history(sid(&id), Default::default(), None)
+            .await
+            .unwrap()
+            .1,
         CacheOutcome::Hit
     );
 
@@ -401,7 +440,11 @@ async fn the_cache_comes_back_by_itself_when_redis_returns() {
         h.post(&json_body("while down", Some(&id))).await.status,
         200
     );
-    let (body, outcome) = h.app.get_history(sid(&id)).await.unwrap();
+    let (body, outcome) = h
+        .app
+        .get_history(sid(&id), Default::default(), None)
+        .await
+        .unwrap();
     assert_eq!(outcome, CacheOutcome::Error);
     assert_eq!(texts(&body).len(), 4);
     assert!(
@@ -414,15 +457,19 @@ async fn the_cache_comes_back_by_itself_when_redis_returns() {
     let _server = OwnRedis::start(port, dir);
     _server.wait_ready().await;
     eventually("the cache to be used again", || async {
-        let _ = h.app.get_history(sid(&id)).await;
+        let _ = h.app.get_history(sid(&id), Default::default(), None).await;
         matches!(
-            h.app.get_history(sid(&id)).await,
+            h.app.get_history(sid(&id), Default::default(), None).await,
             Ok((_, CacheOutcome::Hit))
         )
     })
     .await;
     assert_eq!(h.post(&json_body("after", Some(&id))).await.status, 200);
-    let (body, _) = h.app.get_history(sid(&id)).await.unwrap();
+    let (body, _) = h
+        .app
+        .get_history(sid(&id), Default::default(), None)
+        .await
+        .unwrap();
     assert_eq!(texts(&body).len(), 6);
 }
 
@@ -437,7 +484,11 @@ async fn without_redis_there_is_no_cache_and_no_limit() {
     }
     let id = h.post(&json_body("hi", None)).await.session_id();
     assert_eq!(
-        h.app.get_history(sid(&id)).await.unwrap().1,
+        h.app
+            .get_history(sid(&id), Default::default(), None)
+            .await
+            .unwrap()
+            .1,
         CacheOutcome::Off
     );
 }

@@ -1,9 +1,7 @@
 //! The API contract end to end through the handlers, on payload 2.0 and 1.0
 //! events, a fresh database per test and a fake Anthropic API.
 
-mod common;
-
-use common::*;
+use super::support::*;
 use serde_json::json;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};

@@ -2,16 +2,14 @@
 //! Messages API: the exact request, the context window, retries, timeouts,
 //! the deadline, bad answers, the offline fallback and what gets stored.
 
-mod common;
-
-use common::*;
+use super::support::*;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 const API_KEY: &str = "sk-ant-test-0123456789";
-const STORE_FACTS: &str = include_str!("../knowledge/store.md");
+const STORE_FACTS: &str = include_str!("../../knowledge/store.md");
 const SUPPORT_EMAIL: &str = "support@northwind-outfitters.example";
 
 fn opts(extra: &[(&str, &str)]) -> Options {
@@ -200,9 +198,21 @@ async fn every_request_to_claude_has_the_exact_messages_api_shape() {
         );
 
         let body: Value = serde_json::from_slice(&req.body).unwrap();
-        assert_eq!(keys(&body), ["max_tokens", "messages", "model", "system"]);
-        assert_eq!(body["model"], "claude-haiku-4-5");
-        assert_eq!(body["max_tokens"], 100);
+        assert_eq!(
+            keys(&body),
+            [
+                "max_tokens",
+                "messages",
+                "model",
+                "system",
+                "thinking",
+                "tools"
+            ]
+        );
+        assert_eq!(body["model"], "claude-haiku-5-5");
+        assert_eq!(body["max_tokens"], 160);
+        assert_eq!(body["thinking"], json!({ "type": "disabled" }));
+        assert_eq!(body["tools"][0]["name"], "hand_off");
         let system = body["system"]
             .as_array()
             .expect("system is an array of blocks");

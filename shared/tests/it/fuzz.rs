@@ -1,9 +1,7 @@
 //! Property tests over request decoding and validation: arbitrary bytes, JSON
 //! and Unicode never panic and never produce a 5xx.
 
-mod common;
-
-use common::*;
+use super::support::*;
 use proptest::prelude::*;
 use support_chat::http::parse_body;
 

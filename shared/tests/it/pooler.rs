@@ -8,9 +8,7 @@
 //! with pool_mode=transaction and default_pool_size=3 in front of
 //! TEST_PG_ADMIN_URL's server): `make test` sets them.
 
-mod common;
-
-use common::*;
+use super::support::*;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,9 +1,7 @@
 //! Idempotent retries, database outages, the retention cleanup, and a soak:
 //! nothing duplicated, nothing lost, no 5xx a client can cause.
 
-mod common;
-
-use common::*;
+use super::support::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -37,12 +35,14 @@ async fn a_repeated_request_with_the_same_key_replays_the_stored_response() {
 async fn reusing_a_key_with_a_different_body_is_refused_and_stores_nothing() {
     let h = Harness::new().await;
     assert_eq!(
-        h.send(with_key(&json_body("one", None), "k-1"))
+        h.send(with_key(&json_body("one", None), "k-1-0000000000000"))
             .await
             .status,
         200
     );
-    let r = h.send(with_key(&json_body("two", None), "k-1")).await;
+    let r = h
+        .send(with_key(&json_body("two", None), "k-1-0000000000000"))
+        .await;
     assert_eq!((r.status, r.code()), (422, "idempotency_key_reused"));
     assert_eq!(h.db.messages().await, 2);
 }
@@ -67,7 +67,7 @@ async fn ten_concurrent_requests_with_one_key_store_one_exchange_and_call_claude
     for _ in 0..10 {
         let (h, body) = (h.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
-            h.send(with_key(&body, "same-key")).await
+            h.send(with_key(&body, "same-key-00000000")).await
         }));
     }
     let mut ok = Vec::new();
@@ -115,14 +115,14 @@ async fn a_retry_after_a_failure_resumes_without_storing_the_message_twice() {
     .await
     .unwrap();
     let body = json_body("Do you ship to Canada?", None);
-    let r = h.send(with_key(&body, "retry-me")).await;
+    let r = h.send(with_key(&body, "retry-me-00000000")).await;
     assert_eq!(r.status, 500, "{}", r.raw);
     assert_eq!(h.db.messages().await, 1, "the user's message is kept");
 
     db.batch_execute("DROP TRIGGER no_ai ON chat_messages")
         .await
         .unwrap();
-    let r = h.send(with_key(&body, "retry-me")).await;
+    let r = h.send(with_key(&body, "retry-me-00000000")).await;
     assert_eq!(r.status, 200, "{}", r.raw);
     let history = h.history(&r.session_id()).await;
     let msgs = history.body["messages"].as_array().unwrap();
@@ -140,7 +140,7 @@ async fn a_retry_after_a_failure_resumes_without_storing_the_message_twice() {
     );
     // And now it replays.
     assert_eq!(
-        h.send(with_key(&body, "retry-me"))
+        h.send(with_key(&body, "retry-me-00000000"))
             .await
             .header("idempotent-replayed"),
         Some("true")
@@ -354,7 +354,7 @@ async fn a_database_at_a_closed_port_gives_503_within_the_connect_timeout() {
 async fn the_cleanup_deletes_idle_sessions_and_old_keys_and_keeps_the_rest() {
     let h = Harness::new().await;
     let old = h
-        .send(with_key(&json_body("old chat", None), "old-key"))
+        .send(with_key(&json_body("old chat", None), "old-key-000000000"))
         .await
         .session_id();
     let recent = h.post(&json_body("recent chat", None)).await.session_id();

@@ -13,9 +13,7 @@
 //! Needs TEST_MOTO_URL (`eval "$(scripts/moto.sh)"`), TEST_PG_ADMIN_URL and
 //! TEST_REDIS_URL (`eval "$(scripts/services.sh)"`): `make test` sets them.
 
-mod common;
-
-use common::*;
+use super::support::*;
 use secrecy::ExposeSecret;
 use std::future::Future;
 use std::pin::Pin;
@@ -193,12 +191,13 @@ fn closed_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-async fn post(app: &App, body: &str) -> Reply {
-    Reply::from(
+async fn post(app: &std::sync::Arc<App>, body: &str) -> Reply {
+    Reply::collect(
         support_chat::http::send_message(app, post_v2(body, &[]))
             .await
             .unwrap(),
     )
+    .await
 }
 
 async fn history(app: &App, sid: &str) -> Reply {
@@ -249,7 +248,7 @@ async fn secrets_missing_from_the_environment_are_read_from_ssm_and_the_app_work
         "absent optional parameters stay unset"
     );
 
-    let app = App::new(config).expect("app");
+    let app = std::sync::Arc::new(App::new(config).expect("app"));
     let r = post(&app, &json_body("How long does shipping take?", None)).await;
     assert_eq!(r.status, 200, "{}", r.raw);
     assert_eq!(
@@ -275,8 +274,14 @@ async fn secrets_missing_from_the_environment_are_read_from_ssm_and_the_app_work
     // The Redis from SSM serves the history: a miss, then a hit.
     let sid = r.session_id();
     let parsed = support_chat::domain::SessionId::parse(&sid).unwrap();
-    let (_, first) = app.get_history(parsed).await.unwrap();
-    let (_, second) = app.get_history(parsed).await.unwrap();
+    let (_, first) = app
+        .get_history(parsed, Default::default(), None)
+        .await
+        .unwrap();
+    let (_, second) = app
+        .get_history(parsed, Default::default(), None)
+        .await
+        .unwrap();
     assert_eq!((first, second), (CacheOutcome::Miss, CacheOutcome::Hit));
     assert_eq!(history(&app, &sid).await.status, 200);
 }
@@ -313,7 +318,7 @@ async fn a_value_in_the_environment_wins_over_ssm() {
     );
     assert!(config.redis.is_none(), "no REDIS_URL anywhere: no Redis");
 
-    let app = App::new(config).expect("app");
+    let app = std::sync::Arc::new(App::new(config).expect("app"));
     let r = post(
         &app,
         &json_body("Is this stored where the environment says?", None),
@@ -435,7 +440,7 @@ async fn no_secret_or_message_text_reaches_debug_output_or_logs() {
         .await
         .expect("config from SSM");
     assert_eq!(config.database_url(), db_url);
-    let app = App::new(config.clone()).expect("app");
+    let app = std::sync::Arc::new(App::new(config.clone()).expect("app"));
     for shown in [
         format!("{config:?}"),
         format!("{config:#?}"),
@@ -473,7 +478,8 @@ async fn no_secret_or_message_text_reaches_debug_output_or_logs() {
         ),
     );
     env.set("DATABASE_CONNECT_TIMEOUT_MS", "500");
-    let down = App::new(Config::load_from(env).await.expect("config")).expect("app");
+    let down =
+        std::sync::Arc::new(App::new(Config::load_from(env).await.expect("config")).expect("app"));
     assert!(!format!("{down:?}").contains(&down_password));
     let r = post(&down, &json_body(&message, Some(&sid))).await;
     assert_eq!(r.status, 503, "{}", r.raw);

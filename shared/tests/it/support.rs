@@ -1,6 +1,5 @@
 //! Test support: a fresh migrated PostgreSQL database per test, the real
 //! Redis, a fake Anthropic Messages API (wiremock), and API Gateway events.
-#![allow(dead_code)]
 
 use lambda_http::Request;
 use serde_json::{Value, json};
@@ -220,7 +219,7 @@ pub async fn fake_claude_answering(text: &str) -> MockServer {
 
 /// Everything a test needs: the app, its database, the fake Claude.
 pub struct Harness {
-    pub app: App,
+    pub app: std::sync::Arc<App>,
     pub db: TestDb,
     pub claude: MockServer,
     pub redis: Option<RedisNs>,
@@ -267,7 +266,7 @@ impl Harness {
         let redis = opts.redis.then(RedisNs::new);
         let env = Self::env(&db, &claude, redis.as_ref(), &opts);
         let config = Config::from_env(&env).expect("test config");
-        let app = App::new(config).expect("app");
+        let app = std::sync::Arc::new(App::new(config).expect("app"));
         Harness {
             app,
             db,
@@ -284,6 +283,8 @@ impl Harness {
             ("REQUEST_BUDGET_MS", "8000".into()),
             ("DATABASE_CONNECT_TIMEOUT_MS", "2000".into()),
             ("ALLOWED_ORIGINS", "https://shop.example.com".into()),
+            // Tests read history far faster than a shopper; the limit has its own test.
+            ("RATE_LIMIT_HISTORY_PER_IP_PER_MINUTE", "0".into()),
         ]);
         if opts.api_key {
             env.set("CLAUDE_API_KEY", "sk-ant-test-0123456789");
@@ -301,7 +302,9 @@ impl Harness {
     /// Rebuilds the app with changed settings, same database and fake Claude.
     pub fn reconfigure(&mut self, opts: Options) {
         let env = Self::env(&self.db, &self.claude, self.redis.as_ref(), &opts);
-        self.app = App::new(Config::from_env(&env).expect("test config")).expect("app");
+        self.app = std::sync::Arc::new(
+            App::new(Config::from_env(&env).expect("test config")).expect("app"),
+        );
     }
 
     pub async fn post(&self, body: &str) -> Reply {
@@ -309,11 +312,12 @@ impl Harness {
     }
 
     pub async fn send(&self, req: Request) -> Reply {
-        Reply::from(
+        Reply::collect(
             support_chat::http::send_message(&self.app, req)
                 .await
                 .unwrap(),
         )
+        .await
     }
 
     pub async fn history(&self, session_id: &str) -> Reply {
@@ -365,6 +369,18 @@ impl From<lambda_http::Response<lambda_http::Body>> for Reply {
 }
 
 impl Reply {
+    /// A `send-message` response, its body read to the end.
+    pub async fn collect(r: lambda_http::Response<support_chat::http::ChatBody>) -> Self {
+        use http_body_util::BodyExt;
+        let (parts, body) = r.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        Reply::from(lambda_http::Response::from_parts(
+            parts,
+            lambda_http::Body::Text(text),
+        ))
+    }
+
     pub fn code(&self) -> &str {
         self.body["error"]["code"].as_str().unwrap_or("")
     }

@@ -9,12 +9,10 @@
 //! (`eval "$(scripts/tls-services.sh)"`) and, for the fake-Claude exchange,
 //! nothing else: `make test` sets them.
 
-mod common;
-
-use common::*;
+use super::support::*;
 use std::error::Error as StdError;
 use support_chat::App;
-use support_chat::cache::{Cache, Lookup};
+use support_chat::cache::Cache;
 use support_chat::config::{Config, Env, RedisConfig};
 use support_chat::domain::SessionId;
 use support_chat::store;
@@ -204,15 +202,16 @@ async fn the_app_serves_a_chat_exchange_over_a_tls_database_pool() {
         ("ANTHROPIC_BASE_URL", claude.uri()),
         ("CLAUDE_API_KEY", "sk-ant-test-tls".into()),
     ]);
-    let app = App::new(Config::from_env(&env).unwrap()).unwrap();
-    let r = Reply::from(
+    let app = std::sync::Arc::new(App::new(Config::from_env(&env).unwrap()).unwrap());
+    let r = Reply::collect(
         support_chat::http::send_message(
             &app,
             post_v2(&json_body("Is this encrypted?", None), &[]),
         )
         .await
         .unwrap(),
-    );
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.raw);
     let h = Reply::from(
         support_chat::http::get_history(&app, get_v2(&r.session_id()))
@@ -246,12 +245,13 @@ async fn without_the_private_ca_the_certificate_is_rejected_not_bypassed() {
         ("DATABASE_URL", pg_url("postgres", "require")),
         ("ANTHROPIC_BASE_URL", claude.uri()),
     ]);
-    let app = App::new(Config::from_env(&env).unwrap()).unwrap();
-    let r = Reply::from(
+    let app = std::sync::Arc::new(App::new(Config::from_env(&env).unwrap()).unwrap());
+    let r = Reply::collect(
         support_chat::http::send_message(&app, post_v2(&json_body("hello?", None), &[]))
             .await
             .unwrap(),
-    );
+    )
+    .await;
     assert_eq!(r.status, 503, "{}", r.raw);
 }
 
@@ -373,14 +373,14 @@ async fn redis_over_tls_with_the_private_ca_answers_and_caches() {
         .unwrap_or_else(|e| panic!("ping over TLS: {}", chain(&e)));
 
     let sid = SessionId::generate();
-    let Lookup::Miss(token) = cache.lookup(sid).await.expect("lookup") else {
-        panic!("nothing is cached yet")
-    };
-    assert!(cache.fill(sid, &token, b"{\"v\":1}").await.expect("fill"));
-    match cache.lookup(sid).await.expect("lookup") {
-        Lookup::Hit(body) => assert_eq!(body, b"{\"v\":1}"),
-        other => panic!("expected a hit, got {other:?}"),
-    }
+    assert_eq!(
+        cache.lookup(sid).await.expect("lookup"),
+        None,
+        "nothing is cached yet"
+    );
+    cache.fill(sid, 7, b"{\"v\":1}").await.expect("fill");
+    let hit = cache.lookup(sid).await.expect("lookup").expect("a hit");
+    assert_eq!((hit.version, hit.body.as_slice()), (7, &b"{\"v\":1}"[..]));
     let mut direct = direct_redis().await;
     let stored: Option<Vec<u8>> = redis::cmd("GET")
         .arg(format!("{prefix}:{{{sid}}}:h"))
@@ -389,18 +389,15 @@ async fn redis_over_tls_with_the_private_ca_answers_and_caches() {
         .unwrap();
     assert_eq!(
         stored.as_deref(),
-        Some(&b"{\"v\":1}"[..]),
+        Some(&b"7:{\"v\":1}"[..]),
         "the entry is on the TLS server"
     );
 
     cache.invalidate(sid).await.expect("invalidate");
-    assert!(
-        matches!(cache.lookup(sid).await.expect("lookup"), Lookup::Miss(_)),
+    assert_eq!(
+        cache.lookup(sid).await.expect("lookup"),
+        None,
         "invalidated"
-    );
-    assert!(
-        !cache.fill(sid, &token, b"{\"v\":0}").await.expect("fill"),
-        "a stale token cannot refill"
     );
 
     let keys: Vec<String> = redis::cmd("KEYS")
