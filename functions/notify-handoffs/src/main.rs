@@ -16,9 +16,10 @@ async fn main() -> Result<(), Error> {
     let config = Config::load_only(Env::from_process(), NOTIFIER_SSM_NAMES).await?;
     let store = Store::new(&config.database)?;
     let notifier = Notifier::new(&config.handoff)?;
-    lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| async {
+    let (store, notifier) = (&store, &notifier);
+    lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| async move {
         let deadline = deadline(&event.context);
-        let r = service::deliver_due(&store, &notifier, deadline).await?;
+        let r = service::deliver_due(store, notifier, deadline).await?;
         tracing::info!(
             sent = r.sent,
             failed = r.failed,

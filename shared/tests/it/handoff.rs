@@ -15,12 +15,15 @@ use tokio::net::TcpListener;
 
 use super::streaming::{Bodies, Chat};
 
+/// One received POST: its headers (lower-cased names) and body.
+type Delivery = (Vec<(String, String)>, Vec<u8>);
+
 /// A real HTTP receiver for the webhook: records each POST, answers with
 /// the status (and after the delay) it is set to.
 #[derive(Clone)]
 struct Receiver {
     url: String,
-    got: Arc<Mutex<Vec<(Vec<(String, String)>, Vec<u8>)>>>,
+    got: Arc<Mutex<Vec<Delivery>>>,
     status: Arc<Mutex<u16>>,
     delay: Arc<Mutex<Duration>>,
 }
@@ -101,7 +104,7 @@ impl Receiver {
             .collect()
     }
 
-    fn raw(&self) -> Vec<(Vec<(String, String)>, Vec<u8>)> {
+    fn raw(&self) -> Vec<Delivery> {
         self.got.lock().unwrap().clone()
     }
 }

@@ -223,7 +223,7 @@ async fn session_comes_before_claudes_first_token_and_each_delta_as_it_is_writte
         first_delta_at < first_token + Duration::from_millis(150),
         "first delta {first_delta_at:?} right after the first token"
     );
-    let last_delta_at = ev.iter().filter(|e| e.1 == "delta").last().unwrap().0;
+    let last_delta_at = ev.iter().rev().find(|e| e.1 == "delta").unwrap().0;
     assert!(
         last_delta_at - first_delta_at >= gap * 3,
         "deltas spread over time, not one lump: {first_delta_at:?} .. {last_delta_at:?}"
