@@ -134,7 +134,7 @@ else
   fi
 fi
 # scripts/e2e/elf.py reads the ELF header itself; `file` agrees when installed.
-for fn in SendMessageFunction GetHistoryFunction CleanupFunction; do
+for fn in SendMessageFunction GetHistoryFunction CleanupFunction NotifyHandoffsFunction; do
   f=".aws-sam/build/$fn/bootstrap"
   if ! desc=$("$PY" scripts/e2e/elf.py "$arch" "$f" 2>&1); then
     fail "$f is not an executable $arch ELF: $desc"
@@ -184,7 +184,7 @@ pass "SecureStrings DATABASE_URL, REDIS_URL under $PREFIX"
 # here, bounded, so that the emulator's first invocations only start them.
 log "cargo build (debug) of the migrator and the functions, at most ${COMPILE_TIMEOUT}s"
 if ! timeout --kill-after=30 "$COMPILE_TIMEOUT" cargo build --locked --quiet \
-    -p support-chat --bin migrate -p send-message -p get-history -p cleanup </dev/null >"$WORK/cargo-build.log" 2>&1; then
+    -p support-chat --bin migrate -p send-message -p get-history -p cleanup -p notify-handoffs </dev/null >"$WORK/cargo-build.log" 2>&1; then
   tail -n 60 "$WORK/cargo-build.log" >&2
   die "cargo build of the functions failed or timed out"
 fi
