@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the project's Python-based tools (cargo-lambda, moto, SAM CLI, cfn-lint, zig)
+# Installs the project's Python-based tools (cargo-lambda, moto, SAM CLI, cfn-lint, zig, schemathesis)
 # into a private virtualenv at .venv, and the Debian packages the tests need.
 # Idempotent: a second run only checks. Usage: scripts/tools.sh [venv|apt|all|widget|browser]
 # (widget: npm packages of widget/; browser: Debian's chromium for its tests)
@@ -16,6 +16,7 @@ PY_TOOLS=(
   "moto[server,ssm]==5.2.5"
   "aws-sam-cli==1.170.0"
   "cfn-lint==1.58.0"
+  "schemathesis==4.32.5"
 )
 APT_PACKAGES=(pgbouncer openssl postgresql redis-server)
 
