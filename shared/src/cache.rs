@@ -66,19 +66,22 @@ pub enum Subject<'a> {
     HistoryIp(&'a str),
 }
 
-// KEYS: the counters to charge. ARGV: window, then one limit per counter.
+// KEYS: the counters to charge. ARGV: the window in milliseconds, then one
+// limit per counter. Answers 0 (allowed) or the milliseconds until the
+// latest exceeded window ends. PTTL, not TTL: TTL rounds down, so in a
+// window's last second it said 0 and requests over the limit went through.
 const RATE_LIMIT: &str = r"
 local window = tonumber(ARGV[1])
 local retry = 0
 for i = 1, #KEYS do
   local count = redis.call('INCR', KEYS[i])
-  local ttl = redis.call('TTL', KEYS[i])
-  if count == 1 or ttl < 0 then
-    redis.call('EXPIRE', KEYS[i], window)
-    ttl = window
+  local pttl = redis.call('PTTL', KEYS[i])
+  if count == 1 or pttl < 0 then
+    redis.call('PEXPIRE', KEYS[i], window)
+    pttl = window
   end
-  if count > tonumber(ARGV[1 + i]) and ttl > retry then
-    retry = ttl
+  if count > tonumber(ARGV[1 + i]) then
+    retry = math.max(retry, pttl, 1)
   end
 end
 return retry";
@@ -248,13 +251,13 @@ impl Cache {
                 Subject::HistoryIp(ip) => format!("{}:rl:hip:{ip}", self.prefix),
             });
         }
-        inv.arg(window.as_secs().max(1));
+        inv.arg(window.as_millis().max(1) as u64);
         for (_, limit) in &charges {
             inv.arg(*limit);
         }
         let mut conn = self.conn();
         let retry: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
-        Ok((retry > 0).then(|| Duration::from_secs(retry.unsigned_abs())))
+        Ok((retry > 0).then(|| Duration::from_millis(retry.unsigned_abs())))
     }
 
     /// A round trip that proves the server answers (for readiness checks and tests).

@@ -94,6 +94,10 @@ pub struct DatabaseConfig {
     /// `DATABASE_STATEMENT_TIMEOUT_MS` (default 5000): bound on each statement, enforced client-side
     /// (server-side `options` are not accepted by transaction poolers).
     pub statement_timeout: Duration,
+    /// `DATABASE_IDLE_CHECK_MS` (default 10000): a connection unused for
+    /// longer (say, a frozen function's) is checked with an empty query,
+    /// bounded to 500 ms, before its first statement, and replaced if dead.
+    pub idle_check: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -290,6 +294,7 @@ impl DatabaseConfig {
             pool_size,
             connect_timeout: env.millis("DATABASE_CONNECT_TIMEOUT_MS", 3000)?,
             statement_timeout: env.millis("DATABASE_STATEMENT_TIMEOUT_MS", 5000)?,
+            idle_check: env.millis("DATABASE_IDLE_CHECK_MS", 10_000)?,
         })
     }
 

@@ -29,6 +29,19 @@ pub fn bound(timeout: Duration) -> Duration {
         .unwrap_or(timeout)
 }
 
+/// A scheduled invocation's deadline, from its context (`fallback` when
+/// the runtime gives none, as in local runs).
+pub fn of_invocation(ctx: &lambda_http::lambda_runtime::Context, fallback: Duration) -> Instant {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    match ctx.deadline.saturating_sub(now_ms) {
+        0 => Instant::now() + fallback,
+        left => Instant::now() + Duration::from_millis(left),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

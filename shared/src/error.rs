@@ -31,7 +31,7 @@ pub enum Error {
     PayloadTooLarge { limit: usize },
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
-    #[error("too many messages; retry in {} s", .retry_after.as_secs())]
+    #[error("too many requests; retry in {} s", .retry_after.as_millis().div_ceil(1000).max(1))]
     RateLimited { retry_after: Duration },
     #[error("this Idempotency-Key was already used with a different request body")]
     IdempotencyKeyReused,
@@ -89,7 +89,10 @@ impl Error {
     /// Seconds for a `Retry-After` header, where the status calls for one.
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
-            Error::RateLimited { retry_after } => Some(retry_after.as_secs().max(1)),
+            // Whole seconds, rounded up: never an invitation to retry too early.
+            Error::RateLimited { retry_after } => {
+                Some(retry_after.as_millis().div_ceil(1000).max(1) as u64)
+            }
             Error::Unavailable(_) => Some(2),
             Error::RequestInProgress => Some(1),
             _ => None,

@@ -4,6 +4,7 @@
 
 use lambda_http::lambda_runtime::{self, Error, LambdaEvent, service_fn};
 use serde_json::{Value, json};
+use std::time::Duration;
 use support_chat::config::{Config, Env, STORE_SSM_NAMES};
 use support_chat::service;
 use support_chat::store::Store;
@@ -13,8 +14,11 @@ async fn main() -> Result<(), Error> {
     support_chat::telemetry::init();
     let config = Config::load_only(Env::from_process(), STORE_SSM_NAMES).await?;
     let store = Store::new(&config.database)?;
-    lambda_runtime::run(service_fn(|_: LambdaEvent<Value>| async {
-        let (sessions, keys) = service::cleanup(&store, &config).await?;
+    let (store, config) = (&store, &config);
+    lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| async move {
+        let deadline =
+            support_chat::deadline::of_invocation(&event.context, Duration::from_secs(60));
+        let (sessions, keys) = service::cleanup(store, config, deadline).await?;
         tracing::info!(
             sessions_deleted = sessions,
             idempotency_keys_deleted = keys,

@@ -4,7 +4,7 @@
 
 use lambda_http::lambda_runtime::{self, Error, LambdaEvent, service_fn};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support_chat::config::{Config, Env, NOTIFIER_SSM_NAMES};
 use support_chat::notify::Notifier;
 use support_chat::service;
@@ -18,7 +18,8 @@ async fn main() -> Result<(), Error> {
     let notifier = Notifier::new(&config.handoff)?;
     let (store, notifier) = (&store, &notifier);
     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| async move {
-        let deadline = deadline(&event.context);
+        let deadline =
+            support_chat::deadline::of_invocation(&event.context, Duration::from_secs(60));
         let r = service::deliver_due(store, notifier, deadline).await?;
         tracing::info!(
             sent = r.sent,
@@ -30,14 +31,4 @@ async fn main() -> Result<(), Error> {
         Ok::<_, Error>(json!({ "sent": r.sent, "failed": r.failed, "pending": r.pending }))
     }))
     .await
-}
-
-/// The invocation's deadline (a minute when the runtime gives none).
-fn deadline(ctx: &lambda_runtime::Context) -> Instant {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let left = ctx.deadline.saturating_sub(now_ms);
-    Instant::now() + Duration::from_millis(if left == 0 { 60_000 } else { left })
 }

@@ -11,7 +11,7 @@ pub use history::CacheOutcome;
 pub use notify::{NotifyReport, deliver_due};
 pub use send::{Pending, SendMessage, SendOutcome, Started};
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::warn;
 
 use crate::cache::Cache;
@@ -100,14 +100,33 @@ impl App {
 
     /// The retention cleanup, on this app's store.
     pub async fn cleanup(&self) -> Result<(i64, i64)> {
-        cleanup(&self.store, &self.config).await
+        let deadline = Instant::now() + self.config.default_request_budget;
+        cleanup(&self.store, &self.config, deadline).await
     }
 }
 
+/// Rows per cleanup statement: small enough to finish far inside the
+/// statement timeout even when every row cascades.
+const CLEANUP_BATCH: i64 = 500;
+
 /// Deletes what the retention policy says to: sessions idle for longer than
-/// `SESSION_RETENTION_DAYS`, idempotency records older than 24 h.
-pub async fn cleanup(store: &Store, config: &Config) -> Result<(i64, i64)> {
-    store
-        .delete_expired(config.session_retention, KEY_TTL)
-        .await
+/// `SESSION_RETENTION_DAYS`, idempotency records older than 24 h. Batch
+/// after batch while `deadline` allows, so a backlog shrinks every run.
+pub async fn cleanup(store: &Store, config: &Config, deadline: Instant) -> Result<(i64, i64)> {
+    let (mut sessions, mut keys) = (0, 0);
+    let margin = config
+        .database
+        .statement_timeout
+        .min(Duration::from_secs(2));
+    loop {
+        let (s, k) = store
+            .delete_expired(config.session_retention, KEY_TTL, CLEANUP_BATCH)
+            .await?;
+        sessions += s;
+        keys += k;
+        let done = s < CLEANUP_BATCH && k < CLEANUP_BATCH;
+        if done || deadline.saturating_duration_since(Instant::now()) < margin {
+            return Ok((sessions, keys));
+        }
+    }
 }

@@ -8,7 +8,11 @@
 //! session state, nothing left half-done by a lost connection.
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long the check of an idle connection may take.
+const CHECK_TIMEOUT: Duration = Duration::from_millis(500);
 use tokio_postgres::types::{ToSql, Type};
 
 use crate::config::DatabaseConfig;
@@ -51,6 +55,10 @@ pub struct Store {
     pool: Pool,
     statement_timeout: Duration,
     connect_timeout: Duration,
+    /// A connection unused for longer is checked before it is trusted.
+    idle_check: Duration,
+    /// When the store last finished a statement (for `idle_check`).
+    last_used: Arc<Mutex<Instant>>,
     /// For cancel requests, which open a connection of their own.
     tls: tokio_postgres_rustls::MakeRustlsConnect,
 }
@@ -63,9 +71,22 @@ impl std::fmt::Debug for Store {
     }
 }
 
+// One batch of the retention cleanup: at most $3 idle sessions (their
+// messages, keys and events cascade, each through an index) and at most $3
+// old idempotency records, so every statement finishes well inside its
+// timeout however large the backlog; the caller repeats while time allows.
 const DELETE_OLD: &str = "
-WITH s AS (DELETE FROM chat_sessions WHERE updated_at < now() - make_interval(secs => $1) RETURNING 1),
-     k AS (DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $2) RETURNING 1)
+WITH s AS (
+    DELETE FROM chat_sessions WHERE id IN (
+        SELECT id FROM chat_sessions WHERE updated_at < now() - make_interval(secs => $1)
+        ORDER BY updated_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+    RETURNING 1
+), k AS (
+    DELETE FROM idempotency_keys WHERE key IN (
+        SELECT key FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $2)
+        ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+    RETURNING 1
+)
 SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM k)";
 
 impl Store {
@@ -93,15 +114,50 @@ impl Store {
             pool,
             statement_timeout: cfg.statement_timeout,
             connect_timeout: cfg.connect_timeout,
+            idle_check: cfg.idle_check,
+            last_used: Arc::new(Mutex::new(Instant::now())),
             tls,
         })
     }
 
-    async fn client(&self) -> Result<Object> {
+    async fn checkout(&self) -> Result<Object> {
         let wait = crate::deadline::bound(self.connect_timeout);
         match tokio::time::timeout(wait, self.pool.get()).await {
             Ok(client) => Ok(client?),
             Err(_) => Err(Error::Unavailable("no database connection in time".into())),
+        }
+    }
+
+    /// A pooled connection, checked first when it sat unused for a while: a
+    /// frozen function's connection may have vanished without a FIN (a NAT
+    /// or pooler dropped it) and would only fail after the statement
+    /// timeout. The check (an empty query, bounded by `CHECK_TIMEOUT`) sends
+    /// nothing that could commit, so a failed one is simply replaced.
+    async fn client(&self) -> Result<Object> {
+        let idle = self
+            .last_used
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        let client = self.checkout().await?;
+        if idle < self.idle_check {
+            return Ok(client);
+        }
+        let wait = crate::deadline::bound(CHECK_TIMEOUT);
+        if let Ok(Ok(_)) = tokio::time::timeout(wait, client.simple_query("")).await {
+            return Ok(client);
+        }
+        tracing::warn!(
+            idle_ms = idle.as_millis() as u64,
+            "a pooled connection did not answer after being idle; replacing it"
+        );
+        drop(Object::take(client));
+        self.checkout().await
+    }
+
+    fn touch(&self) {
+        if let Ok(mut t) = self.last_used.lock() {
+            *t = Instant::now();
         }
     }
 
@@ -116,7 +172,10 @@ impl Store {
         let limit = crate::deadline::bound(self.statement_timeout);
         let res = tokio::time::timeout(limit, client.query_typed(sql, params)).await;
         match res {
-            Ok(rows) => Ok(rows?),
+            Ok(rows) => {
+                self.touch();
+                Ok(rows?)
+            }
             Err(_) => {
                 // Cancel on the server, so the statement cannot commit after we answered 503.
                 let token = client.cancel_token();
@@ -138,16 +197,21 @@ impl Store {
         self.client().await.map(drop)
     }
 
-    /// Deletes sessions idle for longer than `retention` (their messages
-    /// cascade) and idempotency records older than `key_ttl`.
+    /// Deletes at most `batch` sessions idle for longer than `retention`
+    /// (their messages cascade) and `batch` idempotency records older than
+    /// `key_ttl`. One batch; see `service::cleanup` for the loop.
     pub async fn delete_expired(
         &self,
         retention: Duration,
         key_ttl: Duration,
+        batch: i64,
     ) -> Result<(i64, i64)> {
         let (r, k) = (retention.as_secs_f64(), key_ttl.as_secs_f64());
         let rows = self
-            .query(DELETE_OLD, &[(&r, Type::FLOAT8), (&k, Type::FLOAT8)])
+            .query(
+                DELETE_OLD,
+                &[(&r, Type::FLOAT8), (&k, Type::FLOAT8), (&batch, Type::INT8)],
+            )
             .await?;
         let row = rows
             .first()

@@ -134,7 +134,11 @@ async fn ai_row(h: &Harness) -> Row {
 }
 
 async fn requests_received(h: &Harness) -> usize {
-    h.claude.received_requests().await.unwrap_or_default().len()
+    h.wiremock()
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .len()
 }
 
 fn reply_text(r: &Reply) -> &str {
@@ -178,7 +182,7 @@ async fn every_request_to_claude_has_the_exact_messages_api_shape() {
     let r = h.post(&json_body("How much is express?", Some(&sid))).await;
     assert_eq!(reply_text(&r), "We ship worldwide 🚚");
 
-    let received = h.claude.received_requests().await.unwrap();
+    let received = h.wiremock().received_requests().await.unwrap();
     assert_eq!(received.len(), 3);
     for req in &received {
         assert_eq!(req.method.as_str(), "POST");

@@ -6,6 +6,7 @@ mod chat_api;
 mod claude;
 mod fuzz;
 mod handoff;
+mod hardening;
 mod paging;
 mod pooler;
 mod reliability;

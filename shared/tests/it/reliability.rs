@@ -5,6 +5,7 @@ use super::support::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use testkit::claude::{FakeClaude, Scenario};
 use tokio::net::TcpListener;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -396,16 +397,19 @@ async fn a_soak_of_5000_mixed_requests_has_no_5xx_loses_nothing_and_does_not_gro
         redis: true,
         ..Default::default()
     };
-    opts.extra.push((
-        "ANTHROPIC_BASE_URL".into(),
-        fake_claude_forgetful("Glad to help 🙂").await,
-    ));
+    // Keeps no request bodies (wiremock keeps every one), so memory measures the app.
+    let claude = FakeClaude::builder()
+        .default_scenario(Scenario::text("Glad to help 🙂"))
+        .keep(0)
+        .start()
+        .await
+        .unwrap();
     opts.extra
         .push(("RATE_LIMIT_PER_SESSION_PER_MINUTE".into(), "0".into()));
     opts.extra
         .push(("RATE_LIMIT_PER_IP_PER_MINUTE".into(), "0".into()));
     opts.extra.push(("DATABASE_POOL_SIZE".into(), "8".into()));
-    let h = Arc::new(Harness::with(opts, MockServer::start().await).await);
+    let h = Arc::new(Harness::with_fake(opts, claude).await);
 
     const WORKERS: usize = 8;
     const PER_WORKER: usize = 625; // 5,000 requests

@@ -1,14 +1,23 @@
 //! Test support: a fresh migrated PostgreSQL database per test, the real
-//! Redis, a fake Anthropic Messages API (wiremock), and API Gateway events.
+//! Redis, a fake Anthropic Messages API (wiremock, or testkit's scripted and
+//! streaming [`FakeClaude`]), and API Gateway events (testkit's).
 
 use lambda_http::Request;
-use serde_json::{Value, json};
+use serde_json::Value;
+use std::sync::Arc;
 use std::time::Duration;
 use support_chat::config::{Config, Env};
+use support_chat::http::ChatBody;
 use support_chat::{App, store};
+use testkit::claude::FakeClaude;
 use tokio_postgres::NoTls;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
+
+pub use testkit::claude::claude_says;
+pub use testkit::events::{
+    SOURCE_IP, chat_body as json_body, get_v1, get_v2, post_v1, post_v2, post_v2_from,
+};
 
 pub fn admin_url() -> String {
     std::env::var("TEST_PG_ADMIN_URL")
@@ -193,20 +202,6 @@ pub fn cleanup_blocking(f: impl std::future::Future<Output = ()> + Send + 'stati
     .join();
 }
 
-/// A successful Messages API response carrying `text`.
-pub fn claude_says(text: &str) -> Value {
-    json!({
-        "id": "msg_01XFDUDYJgAACzvnptvVoYEL",
-        "type": "message",
-        "role": "assistant",
-        "model": "claude-haiku-4-5-20251001",
-        "content": [{ "type": "text", "text": text }],
-        "stop_reason": "end_turn",
-        "stop_sequence": null,
-        "usage": { "input_tokens": 812, "output_tokens": 23, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 790 }
-    })
-}
-
 pub async fn fake_claude_answering(text: &str) -> MockServer {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
@@ -217,11 +212,31 @@ pub async fn fake_claude_answering(text: &str) -> MockServer {
     server
 }
 
+/// The fake Anthropic API a [`Harness`]'s app talks to.
+pub enum Claude {
+    /// wiremock: matchers per test, every request kept.
+    Wiremock(MockServer),
+    /// testkit's scripted fake: queued [`testkit::claude::Scenario`]s, streams.
+    Fake(FakeClaude),
+    /// Something else listening there (a test's own server).
+    Url(String),
+}
+
+impl Claude {
+    pub fn url(&self) -> String {
+        match self {
+            Claude::Wiremock(m) => m.uri(),
+            Claude::Fake(f) => f.url().to_owned(),
+            Claude::Url(u) => u.clone(),
+        }
+    }
+}
+
 /// Everything a test needs: the app, its database, the fake Claude.
 pub struct Harness {
-    pub app: std::sync::Arc<App>,
+    pub app: Arc<App>,
     pub db: TestDb,
-    pub claude: MockServer,
+    pub claude: Claude,
     pub redis: Option<RedisNs>,
 }
 
@@ -261,12 +276,28 @@ impl Harness {
         .await
     }
 
+    /// With a wiremock fake Claude.
     pub async fn with(opts: Options, claude: MockServer) -> Self {
+        Self::with_claude(opts, Claude::Wiremock(claude)).await
+    }
+
+    /// With testkit's fake Claude (scripted per request, streams); reach it
+    /// again through [`Harness::fake`].
+    pub async fn with_fake(opts: Options, claude: FakeClaude) -> Self {
+        Self::with_claude(opts, Claude::Fake(claude)).await
+    }
+
+    /// With whatever listens at `url` as the Anthropic API.
+    pub async fn with_claude_url(opts: Options, url: &str) -> Self {
+        Self::with_claude(opts, Claude::Url(url.to_owned())).await
+    }
+
+    pub async fn with_claude(opts: Options, claude: Claude) -> Self {
         let db = TestDb::new().await;
         let redis = opts.redis.then(RedisNs::new);
         let env = Self::env(&db, &claude, redis.as_ref(), &opts);
         let config = Config::from_env(&env).expect("test config");
-        let app = std::sync::Arc::new(App::new(config).expect("app"));
+        let app = Arc::new(App::new(config).expect("app"));
         Harness {
             app,
             db,
@@ -275,10 +306,10 @@ impl Harness {
         }
     }
 
-    pub fn env(db: &TestDb, claude: &MockServer, redis: Option<&RedisNs>, opts: &Options) -> Env {
+    fn env(db: &TestDb, claude: &Claude, redis: Option<&RedisNs>, opts: &Options) -> Env {
         let mut env = Env::from_pairs([
             ("DATABASE_URL", db.url.clone()),
-            ("ANTHROPIC_BASE_URL", claude.uri()),
+            ("ANTHROPIC_BASE_URL", claude.url()),
             ("CLAUDE_ATTEMPT_TIMEOUT_MS", "2000".into()),
             ("REQUEST_BUDGET_MS", "8000".into()),
             ("DATABASE_CONNECT_TIMEOUT_MS", "2000".into()),
@@ -302,9 +333,7 @@ impl Harness {
     /// Rebuilds the app with changed settings, same database and fake Claude.
     pub fn reconfigure(&mut self, opts: Options) {
         let env = Self::env(&self.db, &self.claude, self.redis.as_ref(), &opts);
-        self.app = std::sync::Arc::new(
-            App::new(Config::from_env(&env).expect("test config")).expect("app"),
-        );
+        self.app = Arc::new(App::new(Config::from_env(&env).expect("test config")).expect("app"));
     }
 
     pub async fn post(&self, body: &str) -> Reply {
@@ -312,12 +341,15 @@ impl Harness {
     }
 
     pub async fn send(&self, req: Request) -> Reply {
-        Reply::collect(
-            support_chat::http::send_message(&self.app, req)
-                .await
-                .unwrap(),
-        )
-        .await
+        Reply::collect(self.send_raw(req).await).await
+    }
+
+    /// `send-message`'s response as the runtime gets it: the body unread
+    /// (a stream, with `Accept: text/event-stream`).
+    pub async fn send_raw(&self, req: Request) -> lambda_http::Response<ChatBody> {
+        support_chat::http::send_message(&self.app, req)
+            .await
+            .unwrap()
     }
 
     pub async fn history(&self, session_id: &str) -> Reply {
@@ -328,15 +360,35 @@ impl Harness {
         )
     }
 
-    /// Requests Claude received, as JSON.
+    /// Requests Claude received, as JSON (testkit's fake keeps the last 64).
     pub async fn claude_requests(&self) -> Vec<Value> {
-        self.claude
-            .received_requests()
-            .await
-            .unwrap_or_default()
-            .iter()
-            .map(|r| serde_json::from_slice(&r.body).unwrap())
-            .collect()
+        match &self.claude {
+            Claude::Wiremock(m) => m
+                .received_requests()
+                .await
+                .unwrap_or_default()
+                .iter()
+                .map(|r| serde_json::from_slice(&r.body).unwrap())
+                .collect(),
+            Claude::Fake(f) => f.received().into_iter().map(|r| r.body).collect(),
+            Claude::Url(url) => panic!("nothing records the requests to {url}"),
+        }
+    }
+
+    /// The wiremock fake, for its matchers and requests as wiremock keeps them.
+    pub fn wiremock(&self) -> &MockServer {
+        match &self.claude {
+            Claude::Wiremock(m) => m,
+            _ => panic!("this harness's Claude is not wiremock"),
+        }
+    }
+
+    /// testkit's fake, to queue scenarios.
+    pub fn fake(&self) -> &FakeClaude {
+        match &self.claude {
+            Claude::Fake(f) => f,
+            _ => panic!("this harness's Claude is not testkit's FakeClaude"),
+        }
     }
 }
 
@@ -370,7 +422,7 @@ impl From<lambda_http::Response<lambda_http::Body>> for Reply {
 
 impl Reply {
     /// A `send-message` response, its body read to the end.
-    pub async fn collect(r: lambda_http::Response<support_chat::http::ChatBody>) -> Self {
+    pub async fn collect(r: lambda_http::Response<ChatBody>) -> Self {
         use http_body_util::BodyExt;
         let (parts, body) = r.into_parts();
         let bytes = body.collect().await.unwrap().to_bytes();
@@ -397,106 +449,6 @@ impl Reply {
     }
 }
 
-pub const SOURCE_IP: &str = "203.0.113.7";
-
-/// An HTTP API (payload 2.0) POST /api/chat event.
-pub fn post_v2(body: &str, headers: &[(&str, &str)]) -> Request {
-    post_v2_from(body, headers, SOURCE_IP)
-}
-
-pub fn post_v2_from(body: &str, headers: &[(&str, &str)], ip: &str) -> Request {
-    let mut h = serde_json::Map::new();
-    h.insert("content-type".into(), json!("application/json"));
-    for (k, v) in headers {
-        if v.is_empty() {
-            h.remove(*k);
-        } else {
-            h.insert(k.to_string(), json!(v));
-        }
-    }
-    let event = json!({
-        "version": "2.0",
-        "routeKey": "POST /api/chat",
-        "rawPath": "/api/chat",
-        "rawQueryString": "",
-        "headers": h,
-        "requestContext": {
-            "accountId": "123456789012", "apiId": "k7x2m9q4r1", "domainName": "k7x2m9q4r1.execute-api.us-east-1.amazonaws.com",
-            "domainPrefix": "k7x2m9q4r1",
-            "http": { "method": "POST", "path": "/api/chat", "protocol": "HTTP/1.1", "sourceIp": ip, "userAgent": "test" },
-            "requestId": format!("req-{}", uuid::Uuid::new_v4()), "routeKey": "POST /api/chat", "stage": "$default",
-            "time": "24/Nov/2026:21:15:30 +0000", "timeEpoch": 1795554930000u64
-        },
-        "body": body,
-        "isBase64Encoded": false
-    });
-    lambda_http::request::from_str(&event.to_string()).expect("valid v2 event")
-}
-
-/// A REST API (payload 1.0) POST /api/chat event.
-pub fn post_v1(body: &str) -> Request {
-    let event = json!({
-        "resource": "/api/chat", "path": "/api/chat", "httpMethod": "POST",
-        "headers": { "content-type": "application/json" },
-        "multiValueHeaders": { "content-type": ["application/json"] },
-        "queryStringParameters": null, "multiValueQueryStringParameters": null,
-        "pathParameters": null, "stageVariables": null,
-        "requestContext": {
-            "accountId": "123456789012", "apiId": "a1b2c3d4e5", "resourceId": "abc123", "stage": "prod",
-            "requestId": format!("req-{}", uuid::Uuid::new_v4()), "httpMethod": "POST", "path": "/prod/api/chat",
-            "resourcePath": "/api/chat", "protocol": "HTTP/1.1", "requestTimeEpoch": 1795554930000u64,
-            "identity": { "sourceIp": SOURCE_IP, "userAgent": "test" }
-        },
-        "body": body,
-        "isBase64Encoded": false
-    });
-    lambda_http::request::from_str(&event.to_string()).expect("valid v1 event")
-}
-
-/// An HTTP API (payload 2.0) GET /api/chat/history/{id} event.
-pub fn get_v2(session_id: &str) -> Request {
-    let p = format!("/api/chat/history/{session_id}");
-    let event = json!({
-        "version": "2.0", "routeKey": "GET /api/chat/history/{sessionId}",
-        "rawPath": p, "rawQueryString": "",
-        "headers": { "accept": "application/json" },
-        "pathParameters": { "sessionId": session_id },
-        "requestContext": {
-            "accountId": "123456789012", "apiId": "k7x2m9q4r1", "domainName": "x.execute-api.us-east-1.amazonaws.com",
-            "http": { "method": "GET", "path": p, "protocol": "HTTP/1.1", "sourceIp": SOURCE_IP, "userAgent": "test" },
-            "requestId": format!("req-{}", uuid::Uuid::new_v4()), "routeKey": "GET /api/chat/history/{sessionId}",
-            "stage": "$default", "time": "24/Nov/2026:21:15:30 +0000", "timeEpoch": 1795554930000u64
-        },
-        "isBase64Encoded": false
-    });
-    lambda_http::request::from_str(&event.to_string()).expect("valid v2 event")
-}
-
-/// A REST API (payload 1.0) GET history event.
-pub fn get_v1(session_id: &str) -> Request {
-    let event = json!({
-        "resource": "/api/chat/history/{sessionId}", "path": format!("/api/chat/history/{session_id}"), "httpMethod": "GET",
-        "headers": {}, "multiValueHeaders": {},
-        "queryStringParameters": null, "multiValueQueryStringParameters": null,
-        "pathParameters": { "sessionId": session_id }, "stageVariables": null,
-        "requestContext": {
-            "accountId": "123456789012", "apiId": "a1b2c3d4e5", "resourceId": "abc123", "stage": "prod",
-            "requestId": "req-v1-history", "httpMethod": "GET", "path": format!("/prod/api/chat/history/{session_id}"),
-            "resourcePath": "/api/chat/history/{sessionId}", "protocol": "HTTP/1.1", "requestTimeEpoch": 1795554930000u64,
-            "identity": { "sourceIp": SOURCE_IP }
-        },
-        "body": null, "isBase64Encoded": false
-    });
-    lambda_http::request::from_str(&event.to_string()).expect("valid v1 event")
-}
-
-pub fn json_body(message: &str, session_id: Option<&str>) -> String {
-    match session_id {
-        Some(s) => json!({ "message": message, "sessionId": s }).to_string(),
-        None => json!({ "message": message }).to_string(),
-    }
-}
-
 /// Waits for a condition with a bounded number of polls (no open-ended sleeps).
 pub async fn eventually<F, Fut>(what: &str, mut f: F)
 where
@@ -510,58 +462,6 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("timed out waiting for: {what}");
-}
-
-/// A fake Messages API that answers every request with `text` and keeps
-/// nothing (wiremock keeps every matched request, which would swamp a
-/// memory measurement). HTTP/1.1 keep-alive, one task per connection.
-pub async fn fake_claude_forgetful(text: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let body = claude_says(text).to_string();
-    let response = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let response = response.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::with_capacity(16 * 1024);
-                let mut chunk = [0u8; 8192];
-                loop {
-                    // Read one request: headers, then content-length bytes.
-                    let (head_end, len) = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
-                            let len = head
-                                .lines()
-                                .find_map(|l| l.strip_prefix("content-length:"))
-                                .and_then(|v| v.trim().parse::<usize>().ok())
-                                .unwrap_or(0);
-                            break (i + 4, len);
-                        }
-                        match sock.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    while buf.len() < head_end + len {
-                        match sock.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    buf.drain(..head_end + len);
-                    if sock.write_all(response.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    format!("http://{addr}")
 }
 
 /// Everything `tracing` emits on this thread while a [`LogBuffer::capture`]
@@ -589,6 +489,14 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
 impl LogBuffer {
     /// Captures every level, dependencies included (stricter than production's `info`).
     pub fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        // One binary runs every test: a callsite first hit on a thread with
+        // no subscriber would be cached as uninteresting for all threads. A
+        // global subscriber that wants everything (and keeps nothing) keeps
+        // every callsite live for the captures.
+        static GLOBAL: std::sync::Once = std::sync::Once::new();
+        GLOBAL.call_once(|| {
+            let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
+        });
         let subscriber = tracing_subscriber::fmt()
             .with_writer(self.clone())
             .with_max_level(tracing::Level::TRACE)
