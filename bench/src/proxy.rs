@@ -55,6 +55,19 @@ impl Snapshot {
         }
     }
 
+    /// The sum of two deltas.
+    pub fn plus(&self, other: &Snapshot) -> Snapshot {
+        let mut messages = self.messages.clone();
+        for (k, v) in &other.messages {
+            *messages.entry(k.clone()).or_default() += v;
+        }
+        Snapshot {
+            round_trips: self.round_trips + other.round_trips,
+            connections: self.connections + other.connections,
+            messages,
+        }
+    }
+
     pub fn count(&self, name: &str) -> u64 {
         self.messages.get(name).copied().unwrap_or(0)
     }

@@ -58,6 +58,65 @@ enum Row {
     },
 }
 
+impl Row {
+    fn print(&self) {
+        match self {
+            Row::Section(t) => println!("{t}"),
+            Row::Latency {
+                label, s, targets, ..
+            } => println!(
+                "  {:<w$} {:>10} {:>10} {:>5}  {:<24} {:<9} min {:.2} max {:.2} ms",
+                label,
+                format!("{:.3} ms", s.p50),
+                format!("{:.3} ms", s.p99),
+                s.n,
+                targets_text(targets),
+                status(targets),
+                s.min,
+                s.max,
+                w = W_LABEL - 2,
+            ),
+            Row::Count {
+                label,
+                value,
+                detail,
+                targets,
+                ..
+            } => {
+                let v = if (value - value.round()).abs() < 1e-9 {
+                    fmt_num(*value)
+                } else {
+                    format!("{value:.2}")
+                };
+                println!(
+                    "  {:<w$} {:>10} {:>10} {:>5}  {:<24} {:<9} {}",
+                    label,
+                    v,
+                    "",
+                    "",
+                    targets_text(targets),
+                    status(targets),
+                    detail,
+                    w = W_LABEL - 2,
+                );
+            }
+        }
+    }
+
+    /// `label (target, ...)` when a target of this row is not met.
+    fn missed(&self) -> Option<String> {
+        let (Row::Latency { label, targets, .. } | Row::Count { label, targets, .. }) = self else {
+            return None;
+        };
+        let bad: Vec<&str> = targets
+            .iter()
+            .filter(|t| !t.met)
+            .map(|t| t.text.as_str())
+            .collect();
+        (!bad.is_empty()).then(|| format!("{} ({})", label.trim(), bad.join(", ")))
+    }
+}
+
 #[derive(Default)]
 pub struct Report {
     rows: Vec<Row>,
@@ -102,68 +161,9 @@ impl Report {
         );
         println!("{line}");
         for row in &self.rows {
-            match row {
-                Row::Section(t) => {
-                    println!("{t}");
-                }
-                Row::Latency {
-                    label, s, targets, ..
-                } => {
-                    println!(
-                        "  {:<w$} {:>10} {:>10} {:>5}  {:<24} {:<9} min {:.2} max {:.2} ms",
-                        label,
-                        format!("{:.3} ms", s.p50),
-                        format!("{:.3} ms", s.p99),
-                        s.n,
-                        targets_text(targets),
-                        status(targets),
-                        s.min,
-                        s.max,
-                        w = W_LABEL - 2,
-                    );
-                }
-                Row::Count {
-                    label,
-                    value,
-                    detail,
-                    targets,
-                    ..
-                } => {
-                    let v = if (value - value.round()).abs() < 1e-9 {
-                        fmt_num(*value)
-                    } else {
-                        format!("{value:.2}")
-                    };
-                    println!(
-                        "  {:<w$} {:>10} {:>10} {:>5}  {:<24} {:<9} {}",
-                        label,
-                        v,
-                        "",
-                        "",
-                        targets_text(targets),
-                        status(targets),
-                        detail,
-                        w = W_LABEL - 2,
-                    );
-                }
-            }
+            row.print();
         }
         println!("{line}");
-        let missed: Vec<String> = self
-            .rows
-            .iter()
-            .filter_map(|r| match r {
-                Row::Latency { label, targets, .. } | Row::Count { label, targets, .. } => {
-                    let bad: Vec<&str> = targets
-                        .iter()
-                        .filter(|t| !t.met)
-                        .map(|t| t.text.as_str())
-                        .collect();
-                    (!bad.is_empty()).then(|| format!("{} ({})", label.trim(), bad.join(", ")))
-                }
-                Row::Section(_) => None,
-            })
-            .collect();
         println!(
             "{} on {} CPUs; load average before {} / after {}",
             meta["arch"].as_str().unwrap_or("?"),
@@ -171,6 +171,7 @@ impl Report {
             meta["loadavg_before"].as_str().unwrap_or("?"),
             meta["loadavg_after"].as_str().unwrap_or("?"),
         );
+        let missed: Vec<String> = self.rows.iter().filter_map(Row::missed).collect();
         if missed.is_empty() {
             println!("targets: all met");
         } else {

@@ -1,12 +1,11 @@
-//! The two HTTP servers the functions talk to during the bench: a fake Claude
-//! that answers at once, and a minimal Lambda Runtime API.
+//! The Lambda Runtime API the functions' processes talk to during the bench
+//! (the fake Claude is testkit's), on a deliberately tiny HTTP/1.1 server.
 
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -68,77 +67,74 @@ where
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::new(rd);
     let mut line = String::new();
-    loop {
-        line.clear();
-        match rd.read_line(&mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let mut parts = line.split_whitespace();
-        let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
-            return;
-        };
-        let (method, path) = (method.to_owned(), path.to_owned());
-        let mut content_length = 0usize;
-        let mut chunked = false;
-        let mut close = false;
-        loop {
-            line.clear();
-            match rd.read_line(&mut line).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase());
-                match k.as_str() {
-                    "content-length" => content_length = v.parse().unwrap_or(0),
-                    "transfer-encoding" => chunked = v.contains("chunked"),
-                    "connection" => close = v == "close",
-                    _ => {}
-                }
-            }
-        }
-        let body = if chunked {
-            match read_chunked(&mut rd, &mut line).await {
-                Some(b) => b,
-                None => return,
-            }
-        } else {
-            let mut b = vec![0u8; content_length];
-            if rd.read_exact(&mut b).await.is_err() {
-                return;
-            }
-            b
-        };
-        let resp = f(Request {
-            method,
-            path,
-            body: Bytes::from(body),
-        })
-        .await;
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\ncontent-length: {}\r\n",
-            resp.status,
-            reason(resp.status),
-            resp.body.len()
-        );
-        for (k, v) in &resp.headers {
-            out.push_str(k);
-            out.push_str(": ");
-            out.push_str(v);
-            out.push_str("\r\n");
-        }
-        out.push_str("\r\n");
-        let mut out = out.into_bytes();
-        out.extend_from_slice(&resp.body);
-        if wr.write_all(&out).await.is_err() || close {
+    while let Some((req, close)) = read_request(&mut rd, &mut line).await {
+        let resp = f(req).await;
+        if wr.write_all(&encode(&resp)).await.is_err() || close {
             return;
         }
     }
+}
+
+/// The next request on a keep-alive connection, and whether the client
+/// asked to close after it; `None` at the end of the connection.
+async fn read_request<R: AsyncBufReadExt + Unpin>(
+    rd: &mut R,
+    line: &mut String,
+) -> Option<(Request, bool)> {
+    line.clear();
+    if rd.read_line(line).await.ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next()?.to_owned(), parts.next()?.to_owned());
+    let (mut content_length, mut chunked, mut close) = (0usize, false, false);
+    loop {
+        line.clear();
+        if rd.read_line(line).await.ok()? == 0 {
+            return None;
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase());
+            match k.as_str() {
+                "content-length" => content_length = v.parse().unwrap_or(0),
+                "transfer-encoding" => chunked = v.contains("chunked"),
+                "connection" => close = v == "close",
+                _ => {}
+            }
+        }
+    }
+    let body = if chunked {
+        read_chunked(rd, line).await?
+    } else {
+        let mut b = vec![0u8; content_length];
+        rd.read_exact(&mut b).await.ok()?;
+        b
+    };
+    let body = Bytes::from(body);
+    Some((Request { method, path, body }, close))
+}
+
+fn encode(resp: &Resp) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-length: {}\r\n",
+        resp.status,
+        reason(resp.status),
+        resp.body.len()
+    );
+    for (k, v) in &resp.headers {
+        out.push_str(k);
+        out.push_str(": ");
+        out.push_str(v);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    out.extend_from_slice(&resp.body);
+    out
 }
 
 async fn read_chunked<R: AsyncBufReadExt + Unpin>(
@@ -174,80 +170,6 @@ fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         410 => "Gone",
         _ => "Unknown",
-    }
-}
-
-// ------------------------------------------------------------ fake Claude ---
-
-/// The text the fake Claude answers with: about the length of a real reply
-/// at `CLAUDE_MAX_TOKENS=100`.
-pub const FAKE_REPLY: &str = "We ship worldwide 🚚 Standard delivery takes 3-5 business days and is \
-free on orders over $50; express delivery takes 1-2 business days for $12. You will get a tracking \
-link by email as soon as your order leaves our warehouse.";
-
-pub struct FakeClaude {
-    pub url: String,
-    requests: Arc<AtomicU64>,
-    last_body: Arc<AtomicU64>,
-    task: JoinHandle<()>,
-}
-
-impl FakeClaude {
-    pub fn start(rt: &Handle) -> Self {
-        let body = Bytes::from(
-            serde_json::json!({
-                "id": "msg_01XFDUDYJgAACzvnptvVoYEL",
-                "type": "message",
-                "role": "assistant",
-                "model": "claude-haiku-4-5-20251001",
-                "content": [{ "type": "text", "text": FAKE_REPLY }],
-                "stop_reason": "end_turn",
-                "stop_sequence": null,
-                "usage": { "input_tokens": 812, "output_tokens": 57,
-                           "cache_creation_input_tokens": 0, "cache_read_input_tokens": 790 }
-            })
-            .to_string(),
-        );
-        let requests = Arc::new(AtomicU64::new(0));
-        let last_body = Arc::new(AtomicU64::new(0));
-        let count = requests.clone();
-        let last = last_body.clone();
-        let (addr, task) = serve(rt, move |req: Request| {
-            let body = body.clone();
-            let count = count.clone();
-            let last = last.clone();
-            async move {
-                if req.method != "POST" || req.path != "/v1/messages" {
-                    return response(404, "{}");
-                }
-                count.fetch_add(1, Ordering::Relaxed);
-                last.store(req.body.len() as u64, Ordering::Relaxed);
-                let mut r = response(200, body);
-                r.headers.push(("content-type", "application/json".into()));
-                r
-            }
-        });
-        FakeClaude {
-            url: format!("http://{addr}"),
-            requests,
-            last_body,
-            task,
-        }
-    }
-
-    pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
-    }
-
-    /// Size of the last request body received (the real client's request).
-    pub fn last_body_len(&self) -> usize {
-        self.last_body.load(Ordering::Relaxed) as usize
-    }
-}
-
-impl Drop for FakeClaude {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
