@@ -13,6 +13,7 @@ pub mod handoff;
 pub mod http;
 pub mod knowledge;
 pub mod llm;
+pub mod metrics;
 pub mod notify;
 pub mod service;
 pub mod store;

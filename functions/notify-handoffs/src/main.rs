@@ -6,6 +6,7 @@ use lambda_http::lambda_runtime::{self, Error, LambdaEvent, service_fn};
 use serde_json::{Value, json};
 use std::time::Duration;
 use support_chat::config::{Config, Env, NOTIFIER_SSM_NAMES};
+use support_chat::metrics::Metrics;
 use support_chat::notify::Notifier;
 use support_chat::service;
 use support_chat::store::Store;
@@ -16,11 +17,13 @@ async fn main() -> Result<(), Error> {
     let config = Config::load_only(Env::from_process(), NOTIFIER_SSM_NAMES).await?;
     let store = Store::new(&config.database)?;
     let notifier = Notifier::new(&config.handoff)?;
-    let (store, notifier) = (&store, &notifier);
+    let metrics = Metrics::stdout("notify-handoffs");
+    let (store, notifier, metrics) = (&store, &notifier, &metrics);
     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| async move {
         let deadline =
             support_chat::deadline::of_invocation(&event.context, Duration::from_secs(60));
         let r = service::deliver_due(store, notifier, deadline).await?;
+        metrics.emit(r.metrics());
         tracing::info!(
             sent = r.sent,
             failed = r.failed,

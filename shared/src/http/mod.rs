@@ -21,7 +21,8 @@ use tracing::{Instrument, Span, error, info, info_span};
 
 use crate::domain::SessionId;
 use crate::error::Error;
-use crate::service::{App, SendOutcome, Started};
+use crate::metrics::Doc;
+use crate::service::{App, CacheOutcome, SendOutcome, Started};
 use render::{error_response, preflight, respond};
 
 /// Per-request facts every response needs.
@@ -94,7 +95,8 @@ pub async fn send_message(app: &Arc<App>, req: Request) -> Result<Response<ChatB
     let resp = crate::deadline::within(deadline, resp)
         .instrument(span.clone())
         .await;
-    span.in_scope(|| log_done(resp.status(), started));
+    let doc = Doc::default().property("streamed", matches!(resp.body(), ChatBody::Events(_)));
+    span.in_scope(|| log_done(app, &meta, resp.status(), started, doc));
     Ok(resp)
 }
 
@@ -168,6 +170,7 @@ pub async fn get_history(app: &App, req: Request) -> Result<Response<Body>, Infa
     let span = info_span!("request", request_id = %meta.request_id, route = "get-history");
     let started = Instant::now();
     let deadline = meta.deadline(app);
+    let mut cache = None;
     let resp = async {
         let result = match *req.method() {
             Method::OPTIONS => return into_buffered(preflight(app, &meta, "GET, OPTIONS")),
@@ -175,8 +178,9 @@ pub async fn get_history(app: &App, req: Request) -> Result<Response<Body>, Infa
             _ => Err(Error::NotFound),
         };
         let resp = match result {
-            Ok((sid, body, cache)) => {
-                info!(session_id = %sid, cache = cache.as_str(), body_bytes = body.len(), "history served");
+            Ok((sid, body, outcome)) => {
+                cache = Some(outcome);
+                info!(session_id = %sid, cache = outcome.as_str(), body_bytes = body.len(), "history served");
                 // The cached value is our own serialisation: valid UTF-8.
                 match String::from_utf8(body) {
                     Ok(text) => respond(app, &meta, StatusCode::OK, text),
@@ -190,7 +194,12 @@ pub async fn get_history(app: &App, req: Request) -> Result<Response<Body>, Infa
     let resp = crate::deadline::within(deadline, resp)
         .instrument(span.clone())
         .await;
-    span.in_scope(|| log_done(resp.status(), started));
+    let doc = Doc::default()
+        .flag("CacheHits", cache == Some(CacheOutcome::Hit))
+        .flag("CacheMisses", cache == Some(CacheOutcome::Miss))
+        .flag("CacheErrors", cache == Some(CacheOutcome::Error))
+        .property("cache", cache.map(CacheOutcome::as_str));
+    span.in_scope(|| log_done(app, &meta, resp.status(), started, doc));
     Ok(resp)
 }
 
@@ -217,10 +226,20 @@ fn into_buffered(resp: Response<ChatBody>) -> Response<Body> {
     })
 }
 
-fn log_done(status: StatusCode, started: Instant) {
+/// The request's log line and its EMF document (with `doc`'s figures).
+fn log_done(app: &App, meta: &Meta, status: StatusCode, started: Instant, doc: Doc) {
+    let took = started.elapsed();
     info!(
         status = status.as_u16(),
-        duration_ms = started.elapsed().as_millis() as u64,
+        duration_ms = took.as_millis() as u64,
         "done"
     );
+    let doc = doc
+        .count("Requests", 1)
+        .flag("Errors5xx", status.is_server_error())
+        .flag("ColdStart", crate::metrics::cold_start())
+        .millis("Duration", took)
+        .property("statusClass", crate::metrics::status_class(status.as_u16()))
+        .property("requestId", meta.request_id.as_str());
+    app.metrics().emit(doc);
 }

@@ -18,6 +18,7 @@ use crate::cache::Cache;
 use crate::config::{Config, ConfigError};
 use crate::error::Result;
 use crate::llm::Claude;
+use crate::metrics::{Doc, Metrics};
 use crate::notify::Notifier;
 use crate::store::Store;
 
@@ -32,6 +33,7 @@ pub struct App {
     cache: Option<Cache>,
     claude: Claude,
     notifier: Notifier,
+    metrics: Metrics,
 }
 
 fn bad(name: &str, reason: String) -> ConfigError {
@@ -69,7 +71,18 @@ impl App {
             cache,
             claude,
             notifier,
+            metrics: Metrics::off(),
         })
+    }
+
+    /// Emits its CloudWatch metrics through `metrics` (off by default).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Opens the database and Redis connections while the runtime waits for
@@ -103,6 +116,13 @@ impl App {
         let deadline = Instant::now() + self.config.default_request_budget;
         cleanup(&self.store, &self.config, deadline).await
     }
+}
+
+/// The cleanup run's EMF document.
+pub fn cleanup_metrics(sessions: i64, keys: i64) -> Doc {
+    Doc::default()
+        .count("SessionsDeleted", sessions.unsigned_abs())
+        .count("IdempotencyKeysDeleted", keys.unsigned_abs())
 }
 
 /// Rows per cleanup statement: small enough to finish far inside the

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::App;
 use crate::error::Result;
+use crate::metrics::Doc;
 use crate::notify::Notifier;
 use crate::store::{DueEvent, Store};
 
@@ -24,6 +25,17 @@ pub struct NotifyReport {
     /// Still undelivered after the run, and the oldest one's age.
     pub pending: i64,
     pub oldest_pending: Duration,
+}
+
+impl NotifyReport {
+    /// The run's EMF document.
+    pub fn metrics(&self) -> Doc {
+        Doc::default()
+            .count("HandoffsSent", u64::from(self.sent))
+            .count("HandoffsFailed", u64::from(self.failed))
+            .count("HandoffsPending", self.pending.unsigned_abs())
+            .seconds("OldestHandoffPendingSeconds", self.oldest_pending)
+    }
 }
 
 /// 1, 2, 4, 8 minutes ... at most 10 between tries.
@@ -61,7 +73,11 @@ pub async fn deliver_due(
     deadline: Instant,
 ) -> Result<NotifyReport> {
     let mut report = NotifyReport::default();
-    if notifier.is_configured() {
+    if !notifier.is_configured() {
+        // Nothing is meant to be sent: nothing is pending (and no alarm fires).
+        return Ok(report);
+    }
+    {
         while deadline.saturating_duration_since(Instant::now()) > Duration::from_secs(2) {
             let batch = store.claim_handoffs(10, None, CLAIM_LEASE).await?;
             if batch.is_empty() {

@@ -16,15 +16,18 @@
 //! a UUID is the intended choice).
 
 use sha2::{Digest, Sha256};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::App;
 use crate::cache::Subject;
-use crate::domain::{AiReply, IdempotencyKey, MessageText, Sender, SessionId, SessionStatus};
+use crate::domain::{
+    AiReply, IdempotencyKey, MessageText, ReplySource, Sender, SessionId, SessionStatus,
+};
 use crate::error::{Error, Result};
 use crate::llm::{ApiMessage, Ask, DeltaSink, build_messages};
+use crate::metrics::Doc;
 use crate::store::Claim;
 
 /// A validated `POST /api/chat`.
@@ -198,7 +201,7 @@ impl App {
             allow_handoff: p.status == SessionStatus::Open,
         };
         let streamed = sink.is_some();
-        let reply = self.claude.reply(&ask, sink).await;
+        let (reply, first_delta) = self.ask_claude(&ask, sink).await;
         log_reply(&reply, &p, streamed);
         let message_id = Uuid::now_v7();
         let key = p.key.as_ref().map(|k| (k.stored.as_str(), k.holder));
@@ -222,6 +225,8 @@ impl App {
         if let Some(event) = stored.handoff_event {
             self.deliver_now(event, deadline).await;
         }
+        self.metrics
+            .emit(reply_metrics(&reply, streamed, first_delta));
         Ok(SendOutcome {
             reply: reply.text,
             session_id: p.session_id,
@@ -229,6 +234,25 @@ impl App {
             replayed: false,
             handoff: reply.handoff.is_some(),
         })
+    }
+
+    /// Claude's reply, and when its first words were passed on (streamed).
+    async fn ask_claude(
+        &self,
+        ask: &Ask<'_>,
+        sink: Option<DeltaSink<'_>>,
+    ) -> (AiReply, Option<Duration>) {
+        let Some(sink) = sink else {
+            return (self.claude.reply(ask, None).await, None);
+        };
+        let started = Instant::now();
+        let mut first = None;
+        let mut timed = |text: &str| {
+            first.get_or_insert_with(|| started.elapsed());
+            sink(text);
+        };
+        let reply = self.claude.reply(ask, Some(&mut timed)).await;
+        (reply, first)
     }
 
     async fn release(&self, key: &HeldKey) {
@@ -309,6 +333,38 @@ fn fingerprint(req: &SendMessage) -> [u8; 32] {
         h.update(sid.to_string().as_bytes());
     }
     h.finalize().into()
+}
+
+/// The reply's EMF document: counts, Claude's latency and tokens, and the
+/// time to the first streamed words.
+fn reply_metrics(reply: &AiReply, streamed: bool, first_delta: Option<Duration>) -> Doc {
+    let u = reply.usage;
+    let mut doc = Doc::default()
+        .count("Replies", 1)
+        .flag("FallbackReplies", reply.source == ReplySource::Fallback)
+        .flag("Handoffs", reply.handoff.is_some())
+        .count("ClaudeAttempts", u64::from(reply.attempts))
+        .property("source", reply.source.as_str())
+        .property("fallbackReason", reply.fallback_reason.map(|r| r.as_str()))
+        .property("streamed", streamed);
+    if reply.attempts > 0 {
+        doc = doc.millis("ClaudeLatency", reply.latency);
+    }
+    let tokens = [
+        ("InputTokens", u.input_tokens),
+        ("OutputTokens", u.output_tokens),
+        ("CacheReadTokens", u.cache_read_tokens),
+        ("CacheWriteTokens", u.cache_write_tokens),
+    ];
+    for (name, n) in tokens {
+        if let Some(n) = n {
+            doc = doc.count(name, u64::from(n));
+        }
+    }
+    match first_delta {
+        Some(d) => doc.millis("TimeToFirstDelta", d),
+        None => doc,
+    }
 }
 
 fn log_reply(reply: &AiReply, p: &Pending, streamed: bool) {

@@ -4,8 +4,10 @@
 mod cache;
 mod chat_api;
 mod claude;
+mod emf;
 mod fuzz;
 mod handoff;
+mod harness;
 mod hardening;
 mod paging;
 mod pooler;

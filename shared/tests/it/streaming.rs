@@ -23,6 +23,14 @@ pub struct Chat {
 
 impl Chat {
     pub async fn new(extra: &[(&str, &str)]) -> Self {
+        Self::with_metrics(extra, support_chat::metrics::Metrics::off()).await
+    }
+
+    /// The same, writing its EMF documents to `metrics`.
+    pub async fn with_metrics(
+        extra: &[(&str, &str)],
+        metrics: support_chat::metrics::Metrics,
+    ) -> Self {
         let db = TestDb::new().await;
         let redis = RedisNs::new();
         let claude = FakeClaude::start().await;
@@ -37,7 +45,8 @@ impl Chat {
         for (k, v) in extra {
             env.set(*k, *v);
         }
-        let app = Arc::new(App::new(Config::from_env(&env).expect("config")).expect("app"));
+        let app = App::new(Config::from_env(&env).expect("config")).expect("app");
+        let app = Arc::new(app.with_metrics(metrics));
         Chat {
             app,
             db,
