@@ -3,11 +3,12 @@
 //!
 //! The SDK is pointed at moto only through its standard process environment
 //! (`AWS_ENDPOINT_URL_SSM`, region, static credentials), exactly as a deployed
-//! function would be pointed elsewhere. Changing the process environment is
-//! `unsafe` (edition 2024): other threads might read it through libc at the
-//! same time. So this binary has ONE `#[test]`, a plain sync fn: it sets the
-//! environment before any runtime, client or helper thread exists, then runs
-//! every scenario in turn on a fresh current-thread runtime, and reports all
+//! function would be pointed elsewhere. Changing the environment of a running
+//! process is `unsafe` (edition 2024: other threads, here the other tests,
+//! may read it through libc at the same time), so nothing does: the ONE
+//! `#[test]` below runs itself again, alone, in a child process of this test
+//! binary whose environment is set from its start. There it runs every
+//! scenario in turn on a fresh current-thread runtime, and reports all
 //! failures at the end (one failing scenario does not hide the others).
 //!
 //! Needs TEST_MOTO_URL (`eval "$(scripts/moto.sh)"`), TEST_PG_ADMIN_URL and
@@ -26,12 +27,17 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 type Scenario = fn() -> Pin<Box<dyn Future<Output = ()>>>;
 
+/// Set in the child process that runs the scenarios.
+const IN_CHILD: &str = "SUPPORT_CHAT_SSM_TEST_CHILD";
+
 #[test]
 fn ssm_parameter_store_supplies_secrets_through_the_real_sdk() {
     let moto = required_env("TEST_MOTO_URL", "eval \"$(scripts/moto.sh)\"");
     required_env("TEST_PG_ADMIN_URL", "eval \"$(scripts/services.sh)\"");
     required_env("TEST_REDIS_URL", "eval \"$(scripts/services.sh)\"");
-    point_the_aws_sdk_at(&moto);
+    if std::env::var_os(IN_CHILD).is_none() {
+        return run_alone_with_the_sdk_pointed_at(&moto);
+    }
 
     let scenarios: [(&str, Scenario); 5] = [
         (
@@ -82,35 +88,53 @@ fn required_env(name: &str, how: &str) -> String {
     })
 }
 
-/// Points the stock SDK configuration chain at moto with fixed test credentials.
-fn point_the_aws_sdk_at(moto: &str) {
-    // SAFETY: called first thing in the only test of this binary, before any
-    // runtime, client or helper thread is created, so no other thread of
-    // this program can be reading the environment concurrently (libtest's
-    // main thread only waits for this one).
-    unsafe {
-        std::env::set_var("AWS_ENDPOINT_URL_SSM", moto);
-        std::env::set_var("AWS_REGION", "us-east-1");
-        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-        // Nothing from a developer's own AWS setup may redirect or sign for us.
-        for var in [
-            "AWS_SESSION_TOKEN",
-            "AWS_PROFILE",
-            "AWS_DEFAULT_PROFILE",
-            "AWS_ENDPOINT_URL",
-            "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
-            "AWS_WEB_IDENTITY_TOKEN_FILE",
-            "AWS_ROLE_ARN",
-            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-        ] {
-            std::env::remove_var(var);
-        }
-        std::env::set_var("AWS_CONFIG_FILE", "/dev/null");
-        std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+/// Runs this test again in a child process of this binary, alone, with the
+/// stock SDK configuration chain pointed at moto (fixed test credentials)
+/// from the child's start; fails with the child's output when it fails.
+fn run_alone_with_the_sdk_pointed_at(moto: &str) {
+    // `it::ssm::name` -> `ssm::name`, the test's name inside this binary.
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    let name = format!("{module}::ssm_parameter_store_supplies_secrets_through_the_real_sdk");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child
+        .args([name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        .env(IN_CHILD, "1")
+        .env("AWS_ENDPOINT_URL_SSM", moto)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+    // Nothing from a developer's own AWS setup may redirect or sign for us.
+    for var in [
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_ENDPOINT_URL",
+        "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ] {
+        child.env_remove(var);
     }
+    let out = child
+        .output()
+        .expect("run the SSM scenarios in a child process");
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // libtest in the child says how many tests ran: exactly this one.
+    assert!(
+        out.status.success() && output.contains("1 passed"),
+        "the SSM scenarios failed in their own process ({}):\n{output}",
+        out.status
+    );
+    eprintln!("{output}");
 }
 
 // ------------------------------------------------------------------ helpers --

@@ -15,9 +15,7 @@ use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 pub use testkit::claude::claude_says;
-pub use testkit::events::{
-    SOURCE_IP, chat_body as json_body, get_v1, get_v2, post_v1, post_v2, post_v2_from,
-};
+pub use testkit::events::{chat_body as json_body, get_v1, get_v2, post_v1, post_v2, post_v2_from};
 
 pub fn admin_url() -> String {
     std::env::var("TEST_PG_ADMIN_URL")
