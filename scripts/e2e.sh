@@ -4,13 +4,17 @@
 #   1. `scripts/sam.sh build`; the three bootstraps must be ELF executables
 #      for the template's architecture;
 #   2. a fresh database e2e_<random> on TEST_PG_ADMIN_URL; SecureStrings
-#      DATABASE_URL and REDIS_URL under /e2e-<random> in moto (TEST_MOTO_URL);
-#      migrations applied through that SSM prefix (as a deployment does);
-#   3. `cargo lambda watch` on a free port with SSM_PARAMETER_PREFIX and no
-#      DATABASE_URL / REDIS_URL / CLAUDE_API_KEY in its environment (so every
-#      reply is the offline fallback);
+#      DATABASE_URL, REDIS_URL and CLAUDE_API_KEY under /e2e-<random> in moto
+#      (TEST_MOTO_URL); migrations applied through that SSM prefix (as a
+#      deployment does);
+#   3. testkit's fake Claude (streaming a token every 25 ms), and `cargo
+#      lambda watch` on a free port with SSM_PARAMETER_PREFIX and
+#      ANTHROPIC_BASE_URL (the fake) but no DATABASE_URL / REDIS_URL /
+#      CLAUDE_API_KEY in its environment;
 #   4. every events/*.json through `cargo lambda invoke` (scripts/e2e/checks.py);
-#   5. a conversation over HTTP on the routed paths, and its history;
+#   5. a conversation over HTTP on the routed paths, a streamed one
+#      (`Accept: text/event-stream`: event order, deltas over time, done.reply
+#      equal to the stored text), and their histories;
 #   6. cleanup (also on failure or Ctrl-C): the emulator, the database, the
 #      parameters, the Redis keys.
 #
@@ -45,6 +49,7 @@ PREFIX="/e2e-$rand"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/e2e.$rand.XXXX")
 WATCH_LOG="$WORK/watch.log"
 WATCH_PID=
+FAKE_PID=
 DB_CREATED=0
 PARAMS_PUT=0
 
@@ -78,8 +83,9 @@ cleanup() {
     wait "$WATCH_PID" 2>/dev/null
     for p in $pids; do kill -KILL "$p" 2>/dev/null; done
   fi
+  if [ -n "$FAKE_PID" ]; then kill "$FAKE_PID" 2>/dev/null; wait "$FAKE_PID" 2>/dev/null; fi
   if [ "$PARAMS_PUT" -eq 1 ]; then
-    timeout 30 env "${SSM_ENV[@]}" "$PY" scripts/e2e/ssm.py delete "$PREFIX" DATABASE_URL REDIS_URL >&2 \
+    timeout 30 env "${SSM_ENV[@]}" "$PY" scripts/e2e/ssm.py delete "$PREFIX" DATABASE_URL REDIS_URL CLAUDE_API_KEY >&2 \
       || log "could not delete the parameters under $PREFIX"
   fi
   if [ "$DB_CREATED" -eq 1 ]; then
@@ -173,18 +179,20 @@ SSM_ENV=(
   AWS_EC2_METADATA_DISABLED=true
 )
 
-log "putting SecureString parameters DATABASE_URL and REDIS_URL under $PREFIX"
+log "putting SecureString parameters DATABASE_URL, REDIS_URL and CLAUDE_API_KEY under $PREFIX"
 PARAMS_PUT=1
 timeout 60 env "${SSM_ENV[@]}" DATABASE_URL="$DATABASE_URL_E2E" REDIS_URL="$TEST_REDIS_URL" \
-  "$PY" scripts/e2e/ssm.py put "$PREFIX" DATABASE_URL REDIS_URL >&2 \
+  CLAUDE_API_KEY="sk-ant-e2e-fake" \
+  "$PY" scripts/e2e/ssm.py put "$PREFIX" DATABASE_URL REDIS_URL CLAUDE_API_KEY >&2 \
   || die "cannot put the parameters into moto ($TEST_MOTO_URL)"
-pass "SecureStrings DATABASE_URL, REDIS_URL under $PREFIX"
+pass "SecureStrings DATABASE_URL, REDIS_URL, CLAUDE_API_KEY under $PREFIX"
 
 # Debug builds (host architecture) for the migrator and the emulator: compiled
 # here, bounded, so that the emulator's first invocations only start them.
 log "cargo build (debug) of the migrator and the functions, at most ${COMPILE_TIMEOUT}s"
 if ! timeout --kill-after=30 "$COMPILE_TIMEOUT" cargo build --locked --quiet \
-    -p support-chat --bin migrate -p send-message -p get-history -p cleanup -p notify-handoffs </dev/null >"$WORK/cargo-build.log" 2>&1; then
+    -p support-chat --bin migrate -p send-message -p get-history -p cleanup -p notify-handoffs \
+    -p testkit --bin fake-claude </dev/null >"$WORK/cargo-build.log" 2>&1; then
   tail -n 60 "$WORK/cargo-build.log" >&2
   die "cargo build of the functions failed or timed out"
 fi
@@ -206,9 +214,26 @@ for p in $(seq 9100 9199); do
 done
 [ -n "$PORT" ] || die "no free port in 9100-9199"
 
+# Claude stood in for by testkit's fake, streaming a token every 25 ms.
+FAKE_PORT=
+for p in $(seq 9200 9299); do
+  if ! port_busy "$p"; then FAKE_PORT=$p; break; fi
+done
+[ -n "$FAKE_PORT" ] || die "no free port in 9200-9299 for the fake Claude"
+target/debug/fake-claude --port "$FAKE_PORT" --gap-ms 25 --chunks 6 </dev/null >"$WORK/fake-claude.log" 2>&1 &
+FAKE_PID=$!
+for _ in $(seq 1 100); do
+  grep -q "listening on" "$WORK/fake-claude.log" 2>/dev/null && break
+  kill -0 "$FAKE_PID" 2>/dev/null || die "the fake Claude exited: $(cat "$WORK/fake-claude.log")"
+  sleep 0.1
+done
+grep -q "listening on" "$WORK/fake-claude.log" || die "the fake Claude did not start"
+pass "fake Claude listening on 127.0.0.1:$FAKE_PORT"
+
 log "cargo lambda watch on 127.0.0.1:$PORT (log: $WATCH_LOG)"
 setsid env "${SSM_ENV[@]}" \
   REDIS_KEY_PREFIX="e2e-$rand" \
+  ANTHROPIC_BASE_URL="http://127.0.0.1:$FAKE_PORT" \
   ALLOWED_ORIGINS="$ORIGIN" \
   RUST_LOG="${RUST_LOG:-info}" \
   cargo lambda watch --invoke-address 127.0.0.1 --invoke-port "$PORT" --ignore-changes \

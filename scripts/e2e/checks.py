@@ -333,6 +333,58 @@ def check_history(name, body, sid, exchanges):
             str(ids))
 
 
+def stream_post(url, payload, origin):
+    """POST with Accept: text/event-stream; (status, content type, [(arrival s, chunk)])."""
+    req = urllib.request.Request(url, data=json.dumps(payload).encode("utf-8"), method="POST")
+    req.add_header("Content-Type", "application/json")
+    req.add_header("Accept", "text/event-stream")
+    if origin:
+        req.add_header("Origin", origin)
+    started, chunks = time.monotonic(), []
+    with urllib.request.urlopen(req, timeout=CALL_TIMEOUT) as r:
+        while True:
+            line = r.readline()
+            if not line:
+                break
+            chunks.append((time.monotonic() - started, line.decode("utf-8")))
+        return r.status, r.headers.get("content-type", ""), chunks
+
+
+def stream_over_http(chat, history, origin):
+    """A streamed two-message conversation: event order, deltas spread over
+    time (the fake Claude writes one token every few ms), and done.reply
+    exactly what the history then shows."""
+    sid, exchanges = None, []
+    for i, text in enumerate(["What are your shipping options?", "And returns?"], 1):
+        payload = {"message": text} if sid is None else {"message": text, "sessionId": sid}
+        name = f"streamed POST /api/chat #{i}"
+        try:
+            status, ctype, chunks = stream_post(chat, payload, origin)
+        except Exception as e:  # noqa: BLE001 - any failure is the check's
+            C.check(name, False, str(e))
+            return
+        C.check(f"{name}: 200 text/event-stream", status == 200 and ctype.startswith("text/event-stream"),
+                f"{status} {ctype}")
+        text_all = "".join(c for _, c in chunks)
+        got = check_stream(name, text_all)
+        if got is None:
+            return
+        evs = sse_events(text_all)
+        deltas = [d for e, d in evs if e == "delta"]
+        C.check(f"{name}: Claude's words arrive as deltas", len(deltas) >= 2, short(evs))
+        delta_lines = [at for at, c in chunks if c.startswith("event: delta")]
+        C.check(f"{name}: deltas spread over time, not one lump",
+                len(delta_lines) >= 2 and delta_lines[-1] - delta_lines[0] > 0.05, str(delta_lines))
+        if sid is not None:
+            C.check(f"{name}: same session", got == sid, f"{got} != {sid}")
+        sid = got
+        exchanges.append((text, evs[-1][1]["reply"]))
+    status, _, body = http("GET", f"{history}/{sid}", origin=origin)
+    name = "GET history of the streamed conversation"
+    if C.check(f"{name}: 200", status == 200, f"got {status} {short(body)}"):
+        check_history(name, body, sid, exchanges)
+
+
 def over_http(port, origin, allowed, created):
     base = f"http://127.0.0.1:{port}"
     chat, history = f"{base}/api/chat", f"{base}/api/chat/history"
@@ -362,6 +414,8 @@ def over_http(port, origin, allowed, created):
     if C.check(f"{name}: 200", status == 200, f"got {status} {short(body)}"):
         check_headers(name, headers, origin, allowed)
         check_history(name, body, sid, exchanges)
+
+    stream_over_http(chat, history, origin)
 
     # The sessions the send-message fixtures created, read back over HTTP.
     for fname, fsid, text, reply in created:
