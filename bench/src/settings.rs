@@ -88,6 +88,7 @@ impl Settings {
             // (their Redis work is measured) but out of reach.
             ("RATE_LIMIT_PER_SESSION_PER_MINUTE", "100000000"),
             ("RATE_LIMIT_PER_IP_PER_MINUTE", "100000000"),
+            ("RATE_LIMIT_HISTORY_PER_IP_PER_MINUTE", "100000000"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
