@@ -24,6 +24,9 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
+step "layout: module cycles and long functions (shape.py)"
+scripts/shape.sh
+
 step "template: cfn-lint and sam validate --lint"
 scripts/check-template.sh
 
