@@ -1,8 +1,18 @@
-//! The library both chat Lambda functions link.
+//! The library the four Lambda functions link.
 //!
 //! Data flows one way: an API Gateway event is parsed by [`http`], decided by
 //! [`service`], whose I/O goes through [`store`] (PostgreSQL), [`cache`]
-//! (Redis) and [`llm`] (Claude); then [`http`] renders the answer.
+//! (Redis), [`llm`] (Claude) and [`notify`] (the handoff webhook); then
+//! [`http`] renders the answer. The types follow the same order, with no
+//! cycle (checked by `scripts/shape.sh`):
+//!
+//! - [`domain`], [`error`], [`knowledge`], [`handoff`], [`tls`], [`deadline`],
+//!   [`metrics`], [`telemetry`]: values and rules that need nothing else;
+//! - [`config`]: settings, from the environment and SSM;
+//! - [`store`], [`cache`], [`llm`], [`notify`]: one adapter each, handing
+//!   each other only [`domain`] values;
+//! - [`service`]: the use cases;
+//! - [`http`]: the API Gateway edge.
 
 pub mod cache;
 pub mod config;
