@@ -1,7 +1,7 @@
 //! The API Gateway edge: decodes requests (payload 1.0 and 2.0, via
-//! `lambda_http`), parses them into domain types ([`parse`]), calls the
+//! `lambda_http`), parses them into domain types (`parse`), calls the
 //! service, and renders responses, streams ([`stream`]) and errors
-//! ([`render`]).
+//! (`render`).
 
 mod parse;
 mod render;
