@@ -13,7 +13,9 @@
 #      all phases (examples, coverage, fuzzing, stateful through the
 #      document's links), positive and negative data, these checks:
 #      not_a_server_error, status_code_conformance, content_type_conformance,
-#      response_headers_conformance, response_schema_conformance;
+#      response_headers_conformance, response_schema_conformance (bodies that
+#      are not UTF-8 are made UTF-8 first: scripts/schemathesis/hooks.py says
+#      why);
 #   5. cleanup, also on failure or Ctrl-C: the processes, the database, the
 #      Redis keys.
 #
@@ -217,6 +219,7 @@ run_st() {
   shift
   log "st run ($name)"
   set +e
+  SCHEMATHESIS_HOOKS="$ROOT/scripts/schemathesis/hooks.py" \
   timeout --kill-after=10 600 st run "$SPEC" --url "$API" \
     --checks "$CHECKS" \
     --max-examples "$MAX_EXAMPLES" --seed "$SEED" \
