@@ -90,9 +90,8 @@ pub(crate) struct Usage {
 }
 
 impl Usage {
-    /// Input tokens estimated from the request's size, so longer contexts cost more.
-    pub(crate) fn for_request(request: &Value) -> Usage {
-        let len = request["messages"].to_string().len() + request["system"].to_string().len();
+    /// Input tokens estimated from the request body's size, so longer contexts cost more.
+    pub(crate) fn for_len(len: usize) -> Usage {
         Usage {
             input: (len as u64 / 4).max(1),
             output: 1,

@@ -82,11 +82,11 @@ mod tests {
         let base = Scenario::text("hi");
         assert!(scenario_for(&base, &asking("plain question")).is_none());
         let s = scenario_for(&base, &asking("please [[fail:529]]")).unwrap();
-        assert_eq!(s.plan(&Value::Null, true).status, 529);
+        assert_eq!(s.plan(&Value::Null, 0, true).status, 529);
         let s = scenario_for(&base, &asking("[[slow]] hello")).unwrap();
         assert_eq!(s.gap, SLOW_GAP);
         let s = scenario_for(&base, &asking("a human [[tool:hand_off]]")).unwrap();
-        let whole = s.plan(&Value::Null, false).whole.unwrap();
+        let whole = s.plan(&Value::Null, 0, false).whole.unwrap();
         let v: Value = serde_json::from_slice(&whole).unwrap();
         assert_eq!(v["stop_reason"], "tool_use");
         assert_eq!(v["content"][1]["name"], "hand_off");

@@ -237,8 +237,9 @@ impl Scenario {
         self.first_token + self.gap * self.deltas().saturating_sub(1) as u32
     }
 
-    pub(crate) fn plan(&self, request: &Value, streamed: bool) -> Plan {
-        let usage = Usage::for_request(request);
+    /// The response to `request` (`len` bytes of JSON).
+    pub(crate) fn plan(&self, request: &Value, len: usize, streamed: bool) -> Plan {
+        let usage = Usage::for_len(len);
         match &self.answer {
             Answer::HttpError {
                 status,

@@ -280,14 +280,14 @@ async fn handle(
     let bytes = bytes.to_bytes();
     let request: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let streamed = request["stream"] == true;
+    let plan = state.next(&request).plan(&request, bytes.len(), streamed);
     state.record(Received {
-        body: request.clone(),
+        body: request,
         len: bytes.len(),
         api_key,
         anthropic_version,
         streamed,
     });
-    let plan = state.next(&request).plan(&request, streamed);
     respond(plan, stop).await
 }
 
