@@ -66,13 +66,17 @@ widget() {
 }
 
 # Debian's Chromium for the widget's browser tests (playwright-core drives
-# it; no browser download).
+# it; no browser download), and fonts so that screenshots show text and emoji.
 browser() {
-  if [ ! -x /usr/bin/chromium ]; then
-    echo "tools: installing chromium from Debian" >&2
+  local missing=()
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  [ -d /usr/share/fonts/truetype/dejavu ] || missing+=(fonts-dejavu-core)
+  [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || missing+=(fonts-noto-color-emoji)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "tools: installing ${missing[*]} from Debian" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
 }
 

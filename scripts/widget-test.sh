@@ -30,7 +30,9 @@ ROOT=$PWD
 export PATH="$ROOT/.venv/bin:$HOME/.cargo/bin:$PATH"
 
 COMPILE_TIMEOUT=${WIDGET_COMPILE_TIMEOUT:-900}
-GAP_MS=${WIDGET_GAP_MS:-40}
+# Between tokens: long enough that a reply shows over several frames even on
+# a loaded machine, short enough that a reply takes about a second.
+GAP_MS=${WIDGET_GAP_MS:-100}
 OUT="$ROOT/target/widget-test"
 SESSION_LIMIT=4
 
@@ -252,5 +254,10 @@ fi
 
 if grep -q 'panicked at' "$WATCH_LOG"; then
   fail "a function panicked (see the watch log)"
+fi
+# cargo lambda watch does not restart a function whose process ended: every
+# later request to it hangs, and the tests after it time out. Say so.
+if grep -q 'command exited code=' "$WATCH_LOG"; then
+  fail "a function's process exited during the tests; later requests to it hung: $(grep -m1 '^Error: ' "$WATCH_LOG" || echo 'see the watch log')"
 fi
 [ "$failed" -eq 0 ]

@@ -145,7 +145,11 @@ export async function send(
         if (event == "session") session(d.sessionId);
         else if (event == "delta") on.delta(d.text);
         else if (event == "done") {
-          reader.cancel().catch(() => {});
+          // Read on to the end rather than cancel: a client that hangs up
+          // early is, to the server, one that left mid-stream.
+          (async () => {
+            while (!(await reader.read()).done);
+          })().catch(() => {});
           return d;
         } else if (event == "error") throw new ApiError(res.status, d.error?.code || "stream_error", 0, stored);
       }

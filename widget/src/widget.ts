@@ -254,8 +254,13 @@ export function mount(cfg: Config): HTMLElement {
     }
     loadingOlder = false;
   };
+  // Older pages load when the shopper scrolls up near the top (not when the
+  // widget itself scrolls, to the bottom, a conversation that barely overflows).
+  let lastTop = 0;
   scroller.addEventListener("scroll", () => {
-    if (scroller.scrollTop < 60) older();
+    const top = scroller.scrollTop;
+    if (top < lastTop && top < 60) older();
+    lastTop = top;
   });
   // A short page does not scroll, so a wheel or swipe up at the top asks too.
   scroller.addEventListener("wheel", (e) => {

@@ -150,7 +150,13 @@ test("a reply streams in over several renders, then shows done.reply", async (pa
   const w = await open(page);
   eq(await inWidget(page, (root) => root.activeElement?.id), "i", "opening the panel focuses the text box");
   await recordRenders(page);
-  const reply = await sendAndWait(page, "What are your shipping options? [[slow]]");
+  const replied = sendAndWait(page, "What are your shipping options?");
+  // A picture of the reply half-way.
+  await page
+    .waitForFunction(() => window.__renders.filter((r) => r.state === "streaming").length >= 2, null, { timeout: REPLY_TIMEOUT })
+    .then(() => page.screenshot({ path: join(OUT, "streaming.png"), animations: "disabled" }))
+    .catch(() => {});
+  const reply = await replied;
   const renders = await page.evaluate(() => window.__renders);
   const streaming = renders.filter((r) => r.state === "streaming" && r.text);
   assert(
@@ -166,7 +172,7 @@ test("a reply streams in over several renders, then shows done.reply", async (pa
   // done.reply is what the history keeps.
   const h = await apiHistory(await sessionIdOf(page));
   eq(h.messages[h.messages.length - 1].text, reply, "the shown reply is the stored one");
-  eq(h.messages[h.messages.length - 2].text, "What are your shipping options? [[slow]]", "the stored message");
+  eq(h.messages[h.messages.length - 2].text, "What are your shipping options?", "the stored message");
   eq(await w.input.inputValue(), "", "the text box is emptied once the message is stored");
   // The browser saw the function's own CORS headers, as API Gateway sends them.
   const r = corsSeen[0];
@@ -282,7 +288,7 @@ test("a 429 shows a countdown from Retry-After and keeps the typed text", async 
   const count = page.locator("[data-support-chat] .n .cd");
   const first = await count.textContent();
   assert(/^\(\d+ s\)$/.test(first), `a countdown is shown (${first})`);
-  await page.screenshot({ path: join(OUT, "429-countdown.png") });
+  await page.screenshot({ path: join(OUT, "429-countdown.png"), animations: "disabled" });
   if (retryAfter > 1) {
     await page.waitForFunction(
       (t) => document.querySelector("[data-support-chat]").shadowRoot.querySelector(".n .cd").textContent !== t,
@@ -338,7 +344,7 @@ test("keyboard only: from the launcher to a sent message and back", async (page)
   eq(await focused(), "widget:i", "the focus stays in the text box");
   await page.keyboard.press("Tab");
   eq(await focused(), "widget:s", "Tab goes on to Send");
-  await page.screenshot({ path: join(OUT, "keyboard-focus.png") });
+  await page.screenshot({ path: join(OUT, "keyboard-focus.png"), animations: "disabled" });
   await page.keyboard.press("Shift+Tab");
   await page.keyboard.press("Escape");
   await w.panel.waitFor({ state: "hidden" });
@@ -428,13 +434,17 @@ test("reduced motion and colour schemes are respected", async (page) => {
   // darken the widget on a light-only page.
   eq(await page.locator("[data-support-chat]").getAttribute("data-scheme"), "light", "light on a light-only page");
   // A page that supports both, on a system that turns dark: dark.
-  await page.evaluate(() => (document.documentElement.style.colorScheme = "light dark"));
+  // (Media query changes are seen at rendering updates: one frame between.)
+  const frame = () => page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
   await page.emulateMedia({ colorScheme: "light" });
+  await frame();
+  await page.evaluate(() => (document.documentElement.style.colorScheme = "light dark"));
   await page.emulateMedia({ colorScheme: "dark" });
+  await frame();
   await page.waitForFunction(() => document.querySelector("[data-support-chat]").dataset.scheme === "dark", null, { timeout: 3_000 });
   const bg = await inWidget(page, (root) => getComputedStyle(root.querySelector(".p")).backgroundColor);
   eq(bg, "rgb(28, 28, 33)", "the dark palette");
-  await page.screenshot({ path: join(OUT, "dark.png") });
+  await page.screenshot({ path: join(OUT, "dark.png"), animations: "disabled" });
   // data-theme forces it.
   await page.goto(DEMO + "/?theme=dark");
   eq(await page.locator("[data-support-chat]").getAttribute("data-scheme"), "dark", "dark when the tag asks");
@@ -472,7 +482,7 @@ test("offline: the message is kept and sent once back online", async (page, ctx)
   await w.notice.getByText(/offline|could not reach/).waitFor({ timeout: 5_000 });
   eq(await w.input.inputValue(), "Are you open on Sundays?", "the typed text is kept");
   eq((await shown(page)).length, 0, "no half-sent message is left in the conversation");
-  await page.screenshot({ path: join(OUT, "offline.png") });
+  await page.screenshot({ path: join(OUT, "offline.png"), animations: "disabled" });
   await ctx.setOffline(false);
   await w.send.click();
   await page.waitForFunction(
@@ -509,7 +519,7 @@ test("a 503 offers a retry after Retry-After, and the retry is not a duplicate",
   eq(await w.input.inputValue(), "Where is my order #1234?", "the typed text is kept");
   const retry = w.notice.getByRole("button", { name: "Try again" });
   assert(await retry.isHidden(), "no retry before Retry-After has passed");
-  await page.screenshot({ path: join(OUT, "503-retry.png") });
+  await page.screenshot({ path: join(OUT, "503-retry.png"), animations: "disabled" });
   await retry.waitFor({ state: "visible", timeout: 4_000 });
   await retry.click();
   await page.waitForFunction(
@@ -595,7 +605,7 @@ for (const t of tests) {
       ]);
       assert(!problems.length, problems.join("; "));
     } finally {
-      await page.screenshot({ path: shot }).catch(() => {});
+      await page.screenshot({ path: shot, animations: "disabled" }).catch(() => {});
     }
     passed++;
     console.log(`  PASS ${t.name} (${((Date.now() - t0) / 1000).toFixed(1)}s)`);
