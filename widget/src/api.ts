@@ -55,12 +55,25 @@ async function refused(res: Response): Promise<ApiError> {
   return new ApiError(res.status, code, retryAfter(res.headers.get("retry-after")));
 }
 
-async function get(url: string, init?: RequestInit): Promise<Response> {
-  try {
-    return await fetch(url, init);
-  } catch {
+/** How long the API may stay silent (no headers yet, or no bytes of a
+ * stream) before the widget gives up and offers to try again. Above the
+ * functions' own time budget, so a slow reply is not cut. */
+export const SILENCE_MS = 45e3;
+
+/** fetch, with a watchdog: `alive()` restarts it, `stop()` ends it. */
+function watched(url: string, init: RequestInit = {}) {
+  const ac = new AbortController();
+  let timer = 0;
+  const alive = () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => ac.abort(), SILENCE_MS) as unknown as number;
+  };
+  alive();
+  const res = fetch(url, { ...init, signal: ac.signal }).catch(() => {
+    clearTimeout(timer);
     throw new ApiError(0, "network");
-  }
+  });
+  return { res, alive, stop: () => clearTimeout(timer) };
 }
 
 export async function history(
@@ -69,13 +82,20 @@ export async function history(
   limit: number,
   before?: string,
 ): Promise<History> {
-  const res = await get(
+  const w = watched(
     `${api}/api/chat/history/${encodeURIComponent(sessionId)}?limit=${limit}` +
       (before ? "&before=" + encodeURIComponent(before) : ""),
     { headers: { Accept: "application/json" }, cache: "no-store" },
   );
-  if (!res.ok) throw await refused(res);
-  return res.json();
+  try {
+    const res = await w.res;
+    if (!res.ok) throw await refused(res);
+    return await res.json();
+  } catch (e) {
+    throw e instanceof ApiError ? e : new ApiError(0, "network");
+  } finally {
+    w.stop();
+  }
 }
 
 export interface StreamHandlers {
@@ -93,7 +113,7 @@ export async function send(
   key: string,
   on: StreamHandlers,
 ): Promise<Reply> {
-  const res = await get(api + "/api/chat", {
+  const w = watched(api + "/api/chat", {
     method: "POST",
     headers: {
       "Content-Type": "application/json",
@@ -102,7 +122,11 @@ export async function send(
     },
     body: JSON.stringify({ message, sessionId }),
   });
-  if (!res.ok) throw await refused(res);
+  const res = await w.res;
+  if (!res.ok) {
+    w.stop();
+    throw await refused(res);
+  }
   let stored = false;
   const session = (id: string) => {
     stored = true;
@@ -120,6 +144,7 @@ export async function send(
     let raw = "";
     let buf = "";
     for (;;) {
+      w.alive();
       const r = await reader.read();
       if (r.done) break;
       raw += dec.decode(r.value, { stream: true });
@@ -156,6 +181,8 @@ export async function send(
     }
   } catch (e) {
     if (e instanceof ApiError) throw e;
+  } finally {
+    w.stop();
   }
   throw new ApiError(0, "interrupted", 0, stored);
 }

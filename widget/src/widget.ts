@@ -328,6 +328,10 @@ export function mount(cfg: Config): HTMLElement {
       input.focus();
       return;
     }
+    if (!navigator.onLine) {
+      explain(new ApiError(0, "network"));
+      return;
+    }
     if (!resend && (!pending || pending.bubble || pending.text != text)) pending = { text, key: uuid() };
     const p = pending!;
     busy = loaded = true;

@@ -17,7 +17,7 @@ await build({
   platform: "neutral",
   logLevel: "error",
 });
-const { send, history, retryAfter, ApiError } = await import(join(dir, "api.mjs"));
+const { send, history, retryAfter, ApiError, SILENCE_MS } = await import(join(dir, "api.mjs"));
 rmSync(dir, { recursive: true, force: true });
 
 /** A fetch answering `chunks` (strings, sent one by one) with `headers`. */
@@ -137,4 +137,33 @@ test("Retry-After as seconds or as an HTTP date", () => {
   assert.equal(retryAfter("garbage"), 0);
   const d = new Date(Date.now() + 10_500).toUTCString();
   assert.ok([10, 11].includes(retryAfter(d)));
+});
+
+test("a silent API is given up on, before and during a stream", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  // No answer at all: the request is aborted after SILENCE_MS.
+  globalThis.fetch = (_url, init) =>
+    new Promise((_, reject) => init.signal.addEventListener("abort", () => reject(new DOMException("aborted", "AbortError"))));
+  const silent = send("http://api", "hi", null, "k", { session() {}, delta() {} });
+  t.mock.timers.tick(SILENCE_MS);
+  await assert.rejects(silent, (e) => e.code === "network" && e.status === 0);
+  // A stream that stops after `session`: interrupted, the message stored.
+  globalThis.fetch = async (_url, init) => {
+    const enc = new TextEncoder();
+    const body = new ReadableStream({
+      start(c) {
+        c.enqueue(enc.encode('event: session\ndata: {"sessionId":"s1"}\n\n'));
+        init.signal.addEventListener("abort", () => c.error(new DOMException("aborted", "AbortError")));
+      },
+    });
+    return new Response(body, { headers: SSE });
+  };
+  let session = null;
+  const stalled = send("http://api", "hi", null, "k", { session: (id) => (session = id), delta() {} });
+  await new Promise((r) => setImmediate(r));
+  t.mock.timers.tick(SILENCE_MS - 1);
+  await new Promise((r) => setImmediate(r));
+  assert.equal(session, "s1");
+  t.mock.timers.tick(1);
+  await assert.rejects(stalled, (e) => e.code === "interrupted" && e.stored === true);
 });
