@@ -212,14 +212,15 @@ fi
 
 # ---------------------------------------------------------- schemathesis ----
 
-# One `st run`; adds its test-case counts to passed/failed from its JUnit
+# One `st run`; adds its test-case counts to passed/failed from its NDJSON
 # report. Arguments: a name, then extra options for st.
 run_st() {
   local name=$1 rc counts p f
   shift
   log "st run ($name)"
   set +e
-  SCHEMATHESIS_HOOKS="$ROOT/scripts/schemathesis/hooks.py" \
+  # From the work directory: st keeps a cache (.schemathesis/) where it runs.
+  (cd "$WORK" && SCHEMATHESIS_HOOKS="$ROOT/scripts/schemathesis/hooks.py" \
   timeout --kill-after=10 600 st run "$SPEC" --url "$API" \
     --checks "$CHECKS" \
     --max-examples "$MAX_EXAMPLES" --seed "$SEED" \
@@ -227,7 +228,7 @@ run_st() {
     --workers 2 --request-timeout 20 \
     --no-color --output-truncate false \
     --report junit,ndjson --report-dir "$WORK/report-$name" \
-    "$@" </dev/null 2>&1 | tee "$WORK/st-$name.log"
+    "$@" </dev/null 2>&1) | tee "$WORK/st-$name.log"
   rc=${PIPESTATUS[0]}
   set -e
   counts=$(python3 "$ROOT/scripts/schemathesis/count.py" "$WORK/report-$name" 2>>"$WORK/st-$name.log") \
