@@ -93,9 +93,10 @@ export function mount(cfg: Config): HTMLElement {
   let loadingOlder = false;
   let blockedUntil = 0;
   let timer = 0;
-  // The message being sent, kept so that a retry after a failure reuses its
-  // Idempotency-Key: the server then stores it once, however many tries.
-  let pending: { text: string; key: string; bubble?: HTMLElement } | null = null;
+  // The message being sent, kept so that a retry after a failure is the same
+  // request (text, session as first sent, Idempotency-Key): the server then
+  // stores it once, however many tries, and replays a reply it completed.
+  let pending: { text: string; key: string; sid: string | null; bubble?: HTMLElement } | null = null;
 
   // ---- colour scheme: the store's choice, else the page's own ----
   const dark = matchMedia("(prefers-color-scheme: dark)");
@@ -332,7 +333,8 @@ export function mount(cfg: Config): HTMLElement {
       explain(new ApiError(0, "network"));
       return;
     }
-    if (!resend && (!pending || pending.bubble || pending.text != text)) pending = { text, key: uuid() };
+    if (!resend && (!pending || pending.bubble || pending.text != text))
+      pending = { text, key: uuid(), sid: sessionId };
     const p = pending!;
     busy = loaded = true;
     say("");
@@ -346,7 +348,7 @@ export function mount(cfg: Config): HTMLElement {
     list.setAttribute("aria-busy", "true");
     toBottom();
     try {
-      const r = await send(cfg.api, text, sessionId, p.key, {
+      const r = await send(cfg.api, text, p.sid, p.key, {
         session(id) {
           // Stored: from here on the message lives in the conversation, not
           // in the text box.

@@ -533,6 +533,43 @@ test("a 503 offers a retry after Retry-After, and the retry is not a duplicate",
   eq(h.messages.filter((m) => m.sender === "user").length, 1, "the message is stored once");
 });
 
+test("a reply cut short is completed by Try again, without a duplicate", async (page) => {
+  const w = await open(page);
+  const keys = [];
+  let cut = true;
+  await page.route(/\/api\/chat$/, async (route) => {
+    if (route.request().method() !== "POST") return route.continue();
+    keys.push(await route.request().headerValue("idempotency-key"));
+    if (!cut) return route.continue();
+    cut = false;
+    // The server stores and answers in full; the shopper's connection drops
+    // after the first delta.
+    const res = await route.fetch();
+    const body = await res.text();
+    const events = body.split("\n\n").filter((e) => /^event: (session|delta)/.test(e));
+    await route.fulfill({ response: res, body: events.slice(0, 2).join("\n\n") + "\n\n" });
+  });
+  await w.input.fill("Can I change my delivery address?");
+  await w.send.click();
+  await w.notice.getByText("interrupted").waitFor({ timeout: REPLY_TIMEOUT });
+  eq(await w.input.inputValue(), "", "the message was stored, so it left the text box");
+  let msgs = await shown(page);
+  eq(msgs.length, 1, "the shopper's message stays in the conversation");
+  eq(msgs[0].text, "Can I change my delivery address?", "the message");
+  await w.notice.getByRole("button", { name: "Try again" }).click();
+  await page.waitForFunction(
+    () => [...document.querySelector("[data-support-chat]").shadowRoot.querySelectorAll(".list .m")].pop().dataset.state === "done",
+    null,
+    { timeout: REPLY_TIMEOUT },
+  );
+  msgs = await shown(page);
+  eq(msgs.length, 2, "one message, one reply");
+  assert(keys.length === 2 && keys[0] === keys[1], "the retry reuses the Idempotency-Key");
+  const h = await apiHistory(await sessionIdOf(page));
+  eq(JSON.stringify(h.messages.map((m) => m.sender)), JSON.stringify(["user", "ai"]), "stored once each");
+  eq(h.messages[1].text, msgs[1].text, "the reply shown is the stored one");
+});
+
 test("a JSON answer (no stream) is shown as well", async (page) => {
   const w = await open(page);
   let accepted = null;
