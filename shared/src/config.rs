@@ -41,7 +41,9 @@ pub const NOTIFIER_SSM_NAMES: &[&str] = &[
 /// `CLAUDE_MODEL`'s default: the current Haiku.
 pub const DEFAULT_MODEL: &str = "claude-haiku-5-5";
 
-/// `CLAUDE_MAX_TOKENS`'s default (see the README for how it was chosen).
+/// `CLAUDE_MAX_TOKENS`'s default: room for the prompt's one to three short
+/// sentences with Haiku 5.5's larger token counts (see the README); the
+/// `TruncatedReplies` metric says when it is too small.
 pub const DEFAULT_MAX_TOKENS: u32 = 160;
 
 #[derive(Debug, thiserror::Error)]

@@ -213,6 +213,9 @@ pub struct AiReply {
     pub latency: Duration,
     /// Set when this reply hands the conversation to a person.
     pub handoff: Option<HandoffReason>,
+    /// Claude's text reached `max_tokens` and was cut at its last full
+    /// sentence (the measure of whether `CLAUDE_MAX_TOKENS` is too small).
+    pub truncated: bool,
 }
 
 /// Why a conversation was handed to a person (the webhook's `reason`).

@@ -232,7 +232,7 @@ impl Knowledge {
     /// up in this chat, and here is how to reach the team now.
     pub fn handoff_reply(&self) -> String {
         let promise = format!(
-            "I'm passing this to a person from the {} team: they'll reply right here in this chat. 🙋",
+            "I've asked a person from the {} team to follow up with you. 🙋",
             self.store_name
         );
         match self.contact_summary() {
@@ -913,7 +913,7 @@ mod tests {
             reply.contains("a person from the Northwind Outfitters team"),
             "{reply}"
         );
-        assert!(reply.contains("right here in this chat"), "{reply}");
+        assert!(reply.contains("to follow up with you"), "{reply}");
         assert!(
             reply.contains("support@northwind-outfitters.example"),
             "{reply}"

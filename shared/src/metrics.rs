@@ -3,7 +3,7 @@
 //! nothing on the request path but formatting a line).
 //!
 //! Namespace `SupportChat`, one dimension, `Function` (send-message,
-//! get-history, cleanup, notify-handoffs): 27 custom metrics in all (14, 7,
+//! get-history, cleanup, notify-handoffs): 28 custom metrics in all (15, 7,
 //! 2 and 4). Everything else a document says (route, status class, reply
 //! source, fallback reason, streamed, cache outcome, request id) is a
 //! property: searchable in Logs Insights, not a metric, so it costs nothing.

@@ -272,6 +272,7 @@ impl Claude {
         started: Instant,
     ) -> AiReply {
         let handoff = p.handoff;
+        let truncated = handoff.is_none() && p.stop_reason.as_deref() == Some("max_tokens");
         AiReply {
             text: match handoff {
                 Some(_) => self.knowledge.handoff_reply(),
@@ -284,6 +285,7 @@ impl Claude {
             attempts,
             latency: started.elapsed(),
             handoff,
+            truncated,
         }
     }
 
@@ -310,6 +312,7 @@ impl Claude {
             attempts,
             latency: started.elapsed(),
             handoff,
+            truncated: false,
         }
     }
 }

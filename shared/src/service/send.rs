@@ -176,12 +176,18 @@ impl App {
             earlier.pop();
         }
         let budget = self.config.claude.context_chars;
+        // The conversation may have been handed over since: keep its status.
+        let status = self
+            .store
+            .session_status(sid)
+            .await?
+            .unwrap_or(SessionStatus::Open);
         Ok(Pending {
             context: build_messages(&earlier, req.message.as_str(), budget),
             message: req.message.clone(),
             session_id: sid,
             created: false,
-            status: SessionStatus::Open,
+            status,
             key: Some(key),
         })
     }
@@ -343,6 +349,7 @@ fn reply_metrics(reply: &AiReply, streamed: bool, first_delta: Option<Duration>)
         .count("Replies", 1)
         .flag("FallbackReplies", reply.source == ReplySource::Fallback)
         .flag("Handoffs", reply.handoff.is_some())
+        .flag("TruncatedReplies", reply.truncated)
         .count("ClaudeAttempts", u64::from(reply.attempts))
         .property("source", reply.source.as_str())
         .property("fallbackReason", reply.fallback_reason.map(|r| r.as_str()))
@@ -379,6 +386,7 @@ fn log_reply(reply: &AiReply, p: &Pending, streamed: bool) {
         model = reply.model.as_deref().unwrap_or("-"),
         fallback_reason = reply.fallback_reason.map(|r| r.as_str()).unwrap_or("-"),
         handoff = reply.handoff.map(|r| r.as_str()).unwrap_or("-"),
+        truncated = reply.truncated,
         attempts = reply.attempts,
         claude_ms = reply.latency.as_millis() as u64,
         input_tokens = u.input_tokens.unwrap_or(0),

@@ -117,6 +117,8 @@ ORDER BY m.seq";
 
 const VERSION: &str = "SELECT version FROM chat_sessions WHERE id = $1";
 
+const STATUS: &str = "SELECT status FROM chat_sessions WHERE id = $1";
+
 impl Store {
     /// The conversation's current version; `None` when there is no such session.
     pub async fn session_version(&self, session_id: SessionId) -> Result<Option<i64>> {
@@ -127,6 +129,17 @@ impl Store {
             .map(|r| r.try_get(0))
             .transpose()
             .map_err(Into::into)
+    }
+
+    /// Whether the conversation waits for a person; `None`: no such session.
+    pub async fn session_status(&self, session_id: SessionId) -> Result<Option<SessionStatus>> {
+        let rows = self
+            .query(STATUS, &[(session_id.as_uuid(), Type::UUID)])
+            .await?;
+        match rows.first() {
+            Some(r) => Ok(Some(status(r.try_get(0)?)?)),
+            None => Ok(None),
+        }
     }
 
     /// Stores the shopper's message, creating the session when `requested`
