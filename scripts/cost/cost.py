@@ -560,10 +560,11 @@ def memory_study(args, tmpl: dict, prices: dict, questions: list[str]) -> dict:
         fleet = Fleet(args, env, mb or tmpl["memory_mb"], share, period, f"m{mb or 0}{period // 1000}")
         row = {"config": label, "share": share, "period_ms": period / 1000, "functions": {}}
         for name in FUNCTIONS:
-            inits, firsts = [], []
+            inits, init_cpu, firsts = [], [], []
             for k in range(args.cold_runs):
                 inst = fleet.start(name)
                 inits.append(inst.wait_ready())
+                init_cpu.append(inst.cpu_seconds())
                 if name == "send-message":
                     out = inst.invoke(with_ip(send_event(questions[k % len(questions)], None), k), timeout=60)
                 else:
@@ -608,6 +609,7 @@ def memory_study(args, tmpl: dict, prices: dict, questions: list[str]) -> dict:
             fleet.stop(inst)
             row["functions"][name] = {
                 "init_ms": [x * 1000 for x in inits],
+                "init_cpu_ms": [x * 1000 for x in init_cpu],
                 "first_ms": [x * 1000 for x in firsts],
                 "warm_ms": [x * 1000 for x in warm],
                 "cpu_ms_per_request": cpu_per_request * 1000,
@@ -628,7 +630,7 @@ def print_memory(study: dict, tmpl: dict) -> None:
         "= memory / 1,769 MB, emulated with a cgroup CPU quota per instance (CFS period 100 ms unless said)"
     )
     print(
-        f"  {'CPU':<22} {'function':<13} {'init p50/max ms':>16} {'first inv. p50/max ms':>22} "
+        f"  {'CPU':<22} {'function':<13} {'init p50/max ms':>16} {'init CPU ms':>11} {'first inv. p50/max ms':>22} "
         f"{'warm p50/p90/max ms':>21} {'CPU ms/req':>10} {'peak RSS MiB':>12}"
     )
     for row in study["configs"]:
@@ -639,9 +641,10 @@ def print_memory(study: dict, tmpl: dict) -> None:
             init, first, warm = r["init_ms"], r["first_ms"], r["warm_ms"]
             print(
                 f"  {row['config']:<22} {name:<13} {quantile(init, .5):>7.1f} / {max(init):>6.1f} "
+                f"{quantile(r['init_cpu_ms'], .5):>11.2f} "
                 f"{quantile(first, .5):>12.1f} / {max(first):>7.1f} "
                 f"{quantile(warm, .5):>7.1f} / {quantile(warm, .9):>5.1f} / {max(warm):>5.1f} "
-                f"{r['cpu_ms_per_request']:>10.2f} {r['peak_rss_kib'] / 1024:>12.1f}"
+                f"{r['cpu_ms_per_request']:>10.3f} {r['peak_rss_kib'] / 1024:>12.1f}"
             )
     print("  the largest page (500 messages of 2,000 emoji, 4 MB of JSON) and a message into that conversation:")
     for row in study["configs"]:
