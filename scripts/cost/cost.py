@@ -283,15 +283,17 @@ def workload(args, memory_mb: int, share: float | None, questions: list[str]) ->
             with lock:
                 errors.append(f"{type(e).__name__}: {e}")
 
-    threads = [threading.Thread(target=worker) for _ in range(args.workers)]
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(args.workers)]
     started = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        fleet.close()
     results["wall_s"] = time.monotonic() - started
     results["quota_applied"] = share is not None and not fleet.quota_failed
-    fleet.close()
     if errors:
         raise SystemExit("cost: the workload failed: " + "; ".join(errors[:3]))
     return results
@@ -549,78 +551,88 @@ def memory_study(args, tmpl: dict, prices: dict, questions: list[str]) -> dict:
     env = service_env(args, args.claude_fast_url, rate_limits=False)
     # A conversation for get-history to read (10 messages), made once.
     fleet = Fleet(args, env, 128, None, 100_000, "seed")
-    send = fleet.start("send-message")
-    send.wait_ready()
-    history_sid, _ = converse(send, questions[:5], 0)
-    fleet.close()
+    try:
+        send = fleet.start("send-message")
+        send.wait_ready()
+        history_sid, _ = converse(send, questions[:5], 0)
+    finally:
+        fleet.close()
     big_sid = seed_big_conversation(args.database_url)
     results = []
     for label, share, period, mb in configs:
         log(f"memory study: {label}")
         fleet = Fleet(args, env, mb or tmpl["memory_mb"], share, period, f"m{mb or 0}{period // 1000}")
-        row = {"config": label, "share": share, "period_ms": period / 1000, "functions": {}}
-        for name in FUNCTIONS:
-            inits, init_cpu, firsts = [], [], []
-            for k in range(args.cold_runs):
-                inst = fleet.start(name)
-                inits.append(inst.wait_ready())
-                init_cpu.append(inst.cpu_seconds())
-                if name == "send-message":
-                    out = inst.invoke(with_ip(send_event(questions[k % len(questions)], None), k), timeout=60)
-                else:
-                    out = inst.invoke(with_ip(history_event(history_sid), k), timeout=60)
-                if out.http()[0] != 200:
-                    raise SystemExit(f"cost: {name} answered {out.http()[0]} on its first invocation")
-                firsts.append(out.duration)
-                inst.wait_idle()
-                fleet.stop(inst)
-            inst = fleet.start(name)
-            inst.wait_ready()
-            warm, cpu_before = [], None
-            sid = None
-            for k in range(args.warm_requests + 1):
-                if name == "send-message":
-                    out = inst.invoke(with_ip(send_event(questions[k % len(questions)], sid), 1), timeout=60)
-                    sid = dict(sse_events(out.http()[2]))["done"]["sessionId"]
-                else:
-                    out = inst.invoke(with_ip(history_event(history_sid), 1), timeout=60)
-                inst.wait_idle()
-                if k == 0:  # the first fills the connection pool and the cache
-                    cpu_before = inst.cpu_seconds()
-                    continue
-                warm.append(out.duration)
-            cpu_per_request = (inst.cpu_seconds() - cpu_before) / args.warm_requests
-            throttled = inst.quota.throttled() if inst.quota else (0, 0.0)
-            rss = inst.peak_rss_kib()
-            big = {}
-            if label == "no quota" or mb == 128:
-                # The largest page: a miss (read and cache fill), then a hit;
-                # a message into that conversation (the context at its cap).
-                if name == "get-history":
-                    big["miss_ms"] = read_history(inst, big_sid, 1, expect=500) * 1000
-                    big["hit_ms"] = read_history(inst, big_sid, 1, expect=500) * 1000
-                else:
-                    out = inst.invoke(with_ip(send_event("And how long do refunds take?", big_sid), 1), timeout=60)
-                    if out.http()[0] != 200:
-                        raise SystemExit(f"cost: send-message answered {out.http()[0]} in the large conversation")
-                    inst.wait_idle()
-                    big["post_ms"] = out.duration * 1000
-                big["peak_rss_kib"] = inst.peak_rss_kib()
-            fleet.stop(inst)
-            row["functions"][name] = {
-                "init_ms": [x * 1000 for x in inits],
-                "init_cpu_ms": [x * 1000 for x in init_cpu],
-                "first_ms": [x * 1000 for x in firsts],
-                "warm_ms": [x * 1000 for x in warm],
-                "cpu_ms_per_request": cpu_per_request * 1000,
-                "throttled_periods": throttled[0],
-                "peak_rss_kib": rss,
-                "large": big,
-            }
-        row["quota_applied"] = share is None or not fleet.quota_failed
-        fleet.close()
+        try:
+            row = measure_config(args, fleet, label, share, period, mb, questions, history_sid, big_sid)
+        finally:
+            fleet.close()
         results.append(row)
     return {"configs": results, "sizes": sizes}
+
+
+def measure_config(args, fleet, label, share, period, mb, questions, history_sid, big_sid) -> dict:
+    """Cold starts and warm requests of both functions under one CPU quota."""
+    row = {"config": label, "share": share, "period_ms": period / 1000, "functions": {}}
+    for name in FUNCTIONS:
+        inits, init_cpu, firsts = [], [], []
+        for k in range(args.cold_runs):
+            inst = fleet.start(name)
+            inits.append(inst.wait_ready())
+            init_cpu.append(inst.cpu_seconds())
+            if name == "send-message":
+                out = inst.invoke(with_ip(send_event(questions[k % len(questions)], None), k), timeout=60)
+            else:
+                out = inst.invoke(with_ip(history_event(history_sid), k), timeout=60)
+            if out.http()[0] != 200:
+                raise SystemExit(f"cost: {name} answered {out.http()[0]} on its first invocation")
+            firsts.append(out.duration)
+            inst.wait_idle()
+            fleet.stop(inst)
+        inst = fleet.start(name)
+        inst.wait_ready()
+        warm, cpu_before = [], None
+        sid = None
+        for k in range(args.warm_requests + 1):
+            if name == "send-message":
+                out = inst.invoke(with_ip(send_event(questions[k % len(questions)], sid), 1), timeout=60)
+                sid = dict(sse_events(out.http()[2]))["done"]["sessionId"]
+            else:
+                out = inst.invoke(with_ip(history_event(history_sid), 1), timeout=60)
+            inst.wait_idle()
+            if k == 0:  # the first fills the connection pool and the cache
+                cpu_before = inst.cpu_seconds()
+                continue
+            warm.append(out.duration)
+        cpu_per_request = (inst.cpu_seconds() - cpu_before) / args.warm_requests
+        throttled = inst.quota.throttled() if inst.quota else (0, 0.0)
+        rss = inst.peak_rss_kib()
+        big = {}
+        if label == "no quota" or mb == 128:
+            # The largest page: a miss (read and cache fill), then a hit;
+            # a message into that conversation (the context at its cap).
+            if name == "get-history":
+                big["miss_ms"] = read_history(inst, big_sid, 1, expect=500) * 1000
+                big["hit_ms"] = read_history(inst, big_sid, 1, expect=500) * 1000
+            else:
+                out = inst.invoke(with_ip(send_event("And how long do refunds take?", big_sid), 1), timeout=60)
+                if out.http()[0] != 200:
+                    raise SystemExit(f"cost: send-message answered {out.http()[0]} in the large conversation")
+                inst.wait_idle()
+                big["post_ms"] = out.duration * 1000
+            big["peak_rss_kib"] = inst.peak_rss_kib()
+        fleet.stop(inst)
+        row["functions"][name] = {
+            "init_ms": [x * 1000 for x in inits],
+            "init_cpu_ms": [x * 1000 for x in init_cpu],
+            "first_ms": [x * 1000 for x in firsts],
+            "warm_ms": [x * 1000 for x in warm],
+            "cpu_ms_per_request": cpu_per_request * 1000,
+            "throttled_periods": throttled[0],
+            "peak_rss_kib": rss,
+            "large": big,
+        }
+    row["quota_applied"] = share is None or not fleet.quota_failed
+    return row
 
 
 def print_memory(study: dict, tmpl: dict) -> None:
