@@ -222,7 +222,8 @@ fn into_buffered(resp: Response<ChatBody>) -> Response<Body> {
             Ok(s) => Body::Text(s),
             Err(e) => Body::Binary(e.into_bytes()),
         },
-        _ => Body::Empty,
+        // As before the streaming body type: an empty text body.
+        _ => Body::Text(String::new()),
     })
 }
 

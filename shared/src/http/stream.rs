@@ -22,8 +22,14 @@ pub enum ChatBody {
 }
 
 impl ChatBody {
+    /// The whole body. An empty one has no frame at all: under the
+    /// streaming runner a zero-length frame becomes a zero-length chunk,
+    /// which ends the chunked response early and broke the runtime's
+    /// connection (a 204 preflight killed the process under `cargo lambda
+    /// watch`).
     pub fn whole(body: impl Into<Bytes>) -> Self {
-        ChatBody::Whole(Some(body.into()))
+        let body = body.into();
+        ChatBody::Whole((!body.is_empty()).then_some(body))
     }
 }
 
@@ -37,6 +43,7 @@ impl Body for ChatBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             ChatBody::Whole(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            // Events are never empty (each is at least its `event:` line).
             ChatBody::Events(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
         }
     }
