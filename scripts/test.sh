@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: everything CI checks. Starts what is missing (PostgreSQL,
 # Redis, the TLS servers, PgBouncer, moto), then runs formatting, lints, the
-# template checks, every Rust test and the end-to-end run through cargo-lambda.
+# layout and template checks, every Rust test, the end-to-end run through
+# cargo-lambda, and the chat widget in headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -33,9 +34,10 @@ scripts/check-template.sh
 step "cargo test"
 cargo test --workspace --locked --no-fail-fast -- --test-threads 4
 
-if [ -x scripts/e2e.sh ]; then
-  step "end to end: sam build, cargo lambda watch and invoke"
-  scripts/e2e.sh
-fi
+step "end to end: sam build, cargo lambda watch and invoke"
+scripts/e2e.sh
+
+step "chat widget: headless Chromium against the real backend"
+scripts/widget-test.sh
 
 step "all checks passed"
