@@ -16,7 +16,7 @@
 #
 # The prices and every assumption are in scripts/cost/prices.toml. Knobs:
 # COST_CONVERSATIONS (12 per memory size), COST_WORKERS (4 instances of each
-# function), COST_KEEP_LOGS=1. No stdin. About 3 minutes after the builds.
+# function), COST_KEEP_LOGS=1. No stdin. About 5 minutes after the builds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
