@@ -37,6 +37,9 @@ cargo test --workspace --locked --no-fail-fast -- --test-threads 4
 step "end to end: sam build, cargo lambda watch and invoke"
 scripts/e2e.sh
 
+step "schemathesis: the running service against docs/openapi.yaml"
+scripts/schemathesis.sh
+
 step "chat widget: headless Chromium against the real backend"
 scripts/widget-test.sh
 
