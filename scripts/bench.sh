@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# `make bench`: cold starts, warm latency, round trips per request, peak RSS and
-# package size of the two chat functions, against the local PostgreSQL and
-# Redis and a fake Claude that answers at once. Prints one table and writes
-# target/bench/results.json. See bench/src/main.rs for what is measured how.
+# `make bench`: cold starts, warm latency, round trips per request, streaming
+# latency, peak RSS and package size of the two chat functions, against the
+# local PostgreSQL and Redis and a fake Claude (at once, or streaming in timed
+# pieces). Prints one table and writes target/bench/results.json. See
+# bench/src/main.rs for what is measured how.
 #
 # Knobs (environment): BENCH_WARM_ITERS (1000), BENCH_COLD_RUNS (40),
-# BENCH_E2E_ITERS (1000); CARGO_TARGET_DIR is honoured.
+# BENCH_E2E_ITERS (1000), BENCH_STREAM_ITERS (200); CARGO_TARGET_DIR is honoured.
 #
 # The numbers are only as quiet as the machine: the load average is printed
 # with the table; compare runs made on an idle machine.

@@ -8,13 +8,16 @@
 //!
 //! Environment: BENCH_DATABASE_URL, BENCH_REDIS_URL, BENCH_REDIS_PREFIX,
 //! BENCH_BIN_DIR (where `send-message` and `get-history` are), BENCH_OUT,
-//! BENCH_WARM_ITERS (1000), BENCH_COLD_RUNS (40), BENCH_E2E_ITERS (1000).
+//! BENCH_WARM_ITERS (1000), BENCH_COLD_RUNS (40), BENCH_E2E_ITERS (1000),
+//! BENCH_STREAM_ITERS (200).
 //! For experiments: BENCH_ONLY (phases, comma-separated: baselines, warm,
-//! round_trips, cold, e2e, sizes), BENCH_FUNCTION_ENV (`K=V ...` added to the
+//! round_trips, cold, e2e, stream, sizes), BENCH_FUNCTION_ENV (`K=V ...` added to the
 //! functions' environment), BENCH_WRAPPER (e.g. `strace -f -tt -o /tmp/t`:
 //! runs each function under that command; timings then include it).
 //!
-//! The fake Claude (testkit's) answers every request at once, in one piece.
+//! The fake Claude (testkit's) answers every request at once, in one piece;
+//! the `stream` phase starts fakes of its own that stream their replies in
+//! timed pieces (`phases/stream.rs`).
 
 mod context;
 mod in_process;
@@ -26,6 +29,7 @@ mod sampling;
 mod servers;
 mod settings;
 mod stats;
+mod streamed;
 mod urls;
 
 use serde_json::json;
@@ -103,6 +107,7 @@ fn run(rt: &tokio::runtime::Runtime) -> Res<()> {
         "warm_iterations": s.warm_iters,
         "cold_runs": s.cold_runs,
         "e2e_iterations": s.e2e_iters,
+        "stream_iterations": s.stream_iters,
         "bench_seconds": started.elapsed().as_secs_f64(),
         "fake_claude_requests": claude.requests(),
     });
@@ -158,6 +163,10 @@ async fn measure(s: &Settings, infra: &Handle, claude: &FakeClaude, r: &mut Repo
     if s.runs("e2e") {
         progress("end to end through the Runtime API, and peak RSS");
         phases::e2e::run(&ctx, r).await?;
+    }
+    if s.runs("stream") {
+        progress("streaming through the Runtime API, and peak RSS of long streams");
+        phases::stream::run(&ctx, r).await?;
     }
     Ok(())
 }

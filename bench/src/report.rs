@@ -152,6 +152,14 @@ impl Report {
         });
     }
 
+    /// The value of the count row `key`, when it was measured.
+    pub fn value(&self, key: &str) -> Option<f64> {
+        self.rows.iter().find_map(|row| match row {
+            Row::Count { key: k, value, .. } if k == key => Some(*value),
+            _ => None,
+        })
+    }
+
     pub fn print(&self, meta: &Value) {
         let line = "-".repeat(W_LABEL + 78);
         println!();

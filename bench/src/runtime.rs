@@ -182,7 +182,7 @@ fn cache_outcome(log: &Path) -> String {
 /// The status and JSON body of the API Gateway response a function posted:
 /// buffered (`{"statusCode":..,"body":"..."}`) or streamed (a JSON prelude,
 /// eight NUL bytes, then the body).
-fn lambda_response(posted: &[u8]) -> (u64, Value) {
+pub fn lambda_response(posted: &[u8]) -> (u64, Value) {
     const DELIMITER: &[u8] = &[0; 8];
     if let Some(i) = posted.windows(8).position(|w| w == DELIMITER) {
         let prelude: Value = serde_json::from_slice(&posted[..i]).unwrap_or(Value::Null);
@@ -216,27 +216,55 @@ pub struct E2e {
     pub rss_kib: u64,
 }
 
-/// One long-lived process fed `warmup + n` events, one at a time.
+/// One long-lived process fed `warmup + n` events, one at a time, each
+/// answered with a 200 and (send-message) the fake Claude's reply in JSON.
 pub async fn e2e_run(
     ctx: &Ctx<'_>,
     name: &str,
     n: usize,
     event: impl FnMut(usize) -> String,
 ) -> Res<E2e> {
+    let check = |out: &Outcome, _: bool| check_lambda_response(name, &out.body);
+    let process = Process {
+        name,
+        env: &ctx.env,
+        log: &format!("{name}-e2e.log"),
+    };
+    e2e_with(ctx, &process, n, event, check).await
+}
+
+/// A long-lived function process: which binary, its environment, its log
+/// file (in the bench's work directory).
+pub struct Process<'a> {
+    pub name: &'a str,
+    pub env: &'a [(String, String)],
+    pub log: &'a str,
+}
+
+/// [`e2e_run`] for any process, `seen` called with every response and
+/// whether it is measured (not warm-up).
+pub async fn e2e_with(
+    ctx: &Ctx<'_>,
+    p: &Process<'_>,
+    n: usize,
+    event: impl FnMut(usize) -> String,
+    seen: impl FnMut(&Outcome, bool) -> Res<()>,
+) -> Res<E2e> {
+    let name = p.name;
     let mut api = RuntimeApi::start(ctx.infra);
-    let log = ctx.s.work_dir.join(format!("{name}-e2e.log"));
-    let mut child = spawn_function(ctx, name, &api, &ctx.env, &log)?;
-    let result = feed(&mut api, name, child.id(), n, event).await;
+    let log = ctx.s.work_dir.join(p.log);
+    let mut child = spawn_function(ctx, name, &api, p.env, &log)?;
+    let result = feed(&mut api, child.id(), n, event, seen).await;
     stop(&mut child);
-    result.map_err(|e| format!("{name} (end to end): {e}").into())
+    result.map_err(|e| format!("{name} (end to end): {e}; log tail:\n{}", log_tail(&log)).into())
 }
 
 async fn feed(
     api: &mut RuntimeApi,
-    name: &str,
     pid: u32,
     n: usize,
     mut event: impl FnMut(usize) -> String,
+    mut seen: impl FnMut(&Outcome, bool) -> Res<()>,
 ) -> Res<E2e> {
     const WARMUP: usize = 20;
     api.next_call(WAIT).await.ok_or("no /next within 10 s")?;
@@ -248,7 +276,7 @@ async fn feed(
         if out.kind != OutcomeKind::Response || out.id != id {
             return Err(format!("{:?}: {}", out.kind, String::from_utf8_lossy(&out.body)).into());
         }
-        check_lambda_response(name, &out.body)?;
+        seen(&out, i >= WARMUP)?;
         let handed = out
             .handed_out
             .ok_or("response to an invocation never handed out")?;

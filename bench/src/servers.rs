@@ -18,6 +18,9 @@ pub struct Request {
     pub method: String,
     pub path: String,
     pub body: Bytes,
+    /// A chunked body's arrival: per chunk, the body's length once it was
+    /// read, and when (empty for a Content-Length body).
+    pub arrivals: Vec<(usize, Instant)>,
 }
 
 pub struct Resp {
@@ -52,6 +55,10 @@ where
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            // Our own writes go out at once. ACKs are left to Linux's
+            // defaults: no TCP_QUICKACK, so a streamed response's chunks are
+            // ACKed late (up to 40 ms) as by any ordinary receiver, and a
+            // client that waits for ACKs (Nagle) shows up in the numbers.
             let _ = stream.set_nodelay(true);
             tokio::spawn(connection(stream, f.clone()));
         }
@@ -107,15 +114,21 @@ async fn read_request<R: AsyncBufReadExt + Unpin>(
             }
         }
     }
-    let body = if chunked {
+    let (body, arrivals) = if chunked {
         read_chunked(rd, line).await?
     } else {
         let mut b = vec![0u8; content_length];
         rd.read_exact(&mut b).await.ok()?;
-        b
+        (b, Vec::new())
     };
     let body = Bytes::from(body);
-    Some((Request { method, path, body }, close))
+    let req = Request {
+        method,
+        path,
+        body,
+        arrivals,
+    };
+    Some((req, close))
 }
 
 fn encode(resp: &Resp) -> Vec<u8> {
@@ -137,11 +150,14 @@ fn encode(resp: &Resp) -> Vec<u8> {
     out
 }
 
+/// The body, and when each chunk had arrived (read as it comes: the
+/// function streams its response).
 async fn read_chunked<R: AsyncBufReadExt + Unpin>(
     rd: &mut R,
     line: &mut String,
-) -> Option<Vec<u8>> {
+) -> Option<(Vec<u8>, Vec<(usize, Instant)>)> {
     let mut body = Vec::new();
+    let mut arrivals = Vec::new();
     loop {
         line.clear();
         rd.read_line(line).await.ok()?;
@@ -151,13 +167,14 @@ async fn read_chunked<R: AsyncBufReadExt + Unpin>(
             loop {
                 line.clear();
                 if rd.read_line(line).await.ok()? == 0 || line.trim().is_empty() {
-                    return Some(body);
+                    return Some((body, arrivals));
                 }
             }
         }
         let start = body.len();
         body.resize(start + size, 0);
         rd.read_exact(&mut body[start..]).await.ok()?;
+        arrivals.push((body.len(), Instant::now()));
         line.clear();
         rd.read_line(line).await.ok()?; // CRLF after the chunk
     }
@@ -192,6 +209,19 @@ pub struct Outcome {
     /// When `/next` handed this invocation out.
     pub handed_out: Option<Instant>,
     pub body: Bytes,
+    /// A streamed response's chunks: the body's length after each, and when it arrived.
+    pub arrivals: Vec<(usize, Instant)>,
+}
+
+impl Outcome {
+    /// When the body's byte at `offset` had arrived (a streamed response;
+    /// else when the whole body had).
+    pub fn arrival_of(&self, offset: usize) -> Instant {
+        self.arrivals
+            .iter()
+            .find(|(end, _)| *end > offset)
+            .map_or(self.at, |(_, t)| *t)
+    }
 }
 
 struct Shared {
@@ -332,6 +362,68 @@ async fn handle(shared: Arc<Shared>, req: Request) -> Resp {
         at,
         handed_out,
         body: req.body,
+        arrivals: req.arrivals,
     });
     response(202, r#"{"status":"OK"}"#)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// Reads one response (head and Content-Length body) off a blocking socket.
+    fn read_response(c: &mut std::net::TcpStream) -> String {
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") {
+            c.read_exact(&mut byte).expect("response head");
+            got.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&got).into_owned();
+        let len = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        c.read_exact(&mut body).expect("response body");
+        head
+    }
+
+    /// A client with Nagle's algorithm on (no TCP_NODELAY) posting a response
+    /// in two small writes waits for the first one's ACK: the bench's Runtime
+    /// API must delay it as Linux does by default, or the stall of the
+    /// runtime client before its TCP_NODELAY fix would not show.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn acks_are_delayed_as_linux_does_by_default() {
+        let api = RuntimeApi::start(&Handle::current());
+        let addr = api.addr;
+        api.push("inv-1", "{}".into());
+        api.push("inv-2", "{}".into());
+        let took = tokio::task::spawn_blocking(move || {
+            let mut c = std::net::TcpStream::connect(addr).expect("connect");
+            let mut post = |id: &str| {
+                c.write_all(b"GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nhost: x\r\n\r\n")
+                    .expect("next");
+                read_response(&mut c);
+                let t = Instant::now();
+                let head = format!(
+                    "POST /2018-06-01/runtime/invocation/{id}/response HTTP/1.1\r\n\
+                     host: x\r\ntransfer-encoding: chunked\r\n\r\n"
+                );
+                c.write_all(head.as_bytes()).expect("head");
+                c.write_all(b"5\r\nhello\r\n0\r\n\r\n").expect("body");
+                assert!(read_response(&mut c).starts_with("HTTP/1.1 202"));
+                t.elapsed()
+            };
+            (post("inv-1"), post("inv-2"))
+        })
+        .await
+        .expect("client");
+        // On a fresh connection and on a kept-alive one (what the runtime
+        // client uses): about 40 ms, Linux's minimum delayed-ACK timeout.
+        assert!(took.0 >= Duration::from_millis(20), "{took:?}");
+        assert!(took.1 >= Duration::from_millis(20), "{took:?}");
+    }
 }

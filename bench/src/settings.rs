@@ -26,6 +26,8 @@ pub struct Settings {
     pub warm_iters: usize,
     pub cold_runs: usize,
     pub e2e_iters: usize,
+    /// BENCH_STREAM_ITERS: streamed send-messages timed token by token.
+    pub stream_iters: usize,
     /// BENCH_ONLY: the phases to run (all when unset).
     only: Option<Vec<String>>,
     /// BENCH_FUNCTION_ENV: `K=V` pairs added to the functions' environment
@@ -53,6 +55,7 @@ impl Settings {
             warm_iters: var_or("BENCH_WARM_ITERS", 1000)?.max(10),
             cold_runs: var_or("BENCH_COLD_RUNS", 40)?.max(3),
             e2e_iters: var_or("BENCH_E2E_ITERS", 1000)?.max(10),
+            stream_iters: var_or("BENCH_STREAM_ITERS", 200)?.max(10),
             only: std::env::var("BENCH_ONLY")
                 .ok()
                 .map(|v| v.split(',').map(|p| p.trim().to_owned()).collect()),

@@ -6,6 +6,7 @@ pub mod cold;
 pub mod e2e;
 pub mod round_trips;
 pub mod sizes;
+pub mod stream;
 pub mod warm;
 
 pub fn progress(what: &str) {

@@ -11,7 +11,7 @@ mod sse;
 
 pub use body::{MODEL, REPLY, claude_says, error_json, error_type};
 pub use scenario::{Scenario, StopReason};
-pub use server::{Builder, FakeClaude, Received, Route};
+pub use server::{Builder, FakeClaude, Received, Route, TokenTimes};
 
 #[cfg(test)]
 mod tests;

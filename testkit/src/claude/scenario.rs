@@ -341,6 +341,9 @@ pub(crate) fn split(text: &str, n: usize) -> Vec<&str> {
 pub(crate) enum Step {
     Wait(Duration),
     Bytes(Bytes),
+    /// A content delta (text or tool input): bytes whose sending time is
+    /// recorded ([`FakeClaude::last_tokens`](super::FakeClaude::last_tokens)).
+    Token(Bytes),
     /// Cut the connection.
     Drop,
     /// Send nothing more, keep the connection.

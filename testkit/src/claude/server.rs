@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
@@ -45,6 +45,33 @@ pub struct Received {
     pub streamed: bool,
 }
 
+/// When a streamed answer handed its content deltas (text and tool input,
+/// not thinking) to the connection: just before each is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenTimes {
+    pub first: Instant,
+    pub last: Instant,
+    /// Content deltas sent so far.
+    pub count: usize,
+}
+
+impl TokenTimes {
+    fn then(times: Option<TokenTimes>, now: Instant) -> TokenTimes {
+        match times {
+            Some(t) => TokenTimes {
+                last: now,
+                count: t.count + 1,
+                ..t
+            },
+            None => TokenTimes {
+                first: now,
+                last: now,
+                count: 1,
+            },
+        }
+    }
+}
+
 struct State {
     queue: Mutex<VecDeque<Scenario>>,
     default: Mutex<Scenario>,
@@ -52,6 +79,8 @@ struct State {
     received: Mutex<VecDeque<Received>>,
     keep: usize,
     requests: AtomicU64,
+    /// The stream that sent a content delta most recently.
+    tokens: Mutex<Option<TokenTimes>>,
 }
 
 impl State {
@@ -132,6 +161,7 @@ impl Builder {
             received: Mutex::new(VecDeque::with_capacity(self.keep.min(1024))),
             keep: self.keep,
             requests: AtomicU64::new(0),
+            tokens: Mutex::new(None),
         });
         let (shutdown, stop) = watch::channel(());
         tokio::spawn(accept(listener, state.clone(), stop));
@@ -228,6 +258,14 @@ impl FakeClaude {
     pub fn last(&self) -> Option<Received> {
         lock(&self.state.received).back().cloned()
     }
+
+    /// When the streamed answer that most recently sent a content delta sent
+    /// its first and (so far) last one; for timing a client's latency
+    /// against the fake's own clock. Streams at the same time overwrite
+    /// each other's record.
+    pub fn last_tokens(&self) -> Option<TokenTimes> {
+        *lock(&self.state.tokens)
+    }
 }
 
 async fn accept(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<()>) {
@@ -288,10 +326,14 @@ async fn handle(
         anthropic_version,
         streamed,
     });
-    respond(plan, stop).await
+    respond(plan, state, stop).await
 }
 
-async fn respond(plan: Plan, mut stop: watch::Receiver<()>) -> io::Result<Response<Body>> {
+async fn respond(
+    plan: Plan,
+    state: Arc<State>,
+    mut stop: watch::Receiver<()>,
+) -> io::Result<Response<Body>> {
     if !plan.head_delay.is_zero() {
         tokio::select! {
             _ = tokio::time::sleep(plan.head_delay) => {}
@@ -308,7 +350,7 @@ async fn respond(plan: Plan, mut stop: watch::Receiver<()>) -> io::Result<Respon
         return Ok(whole(plan.status, &plan.headers, b));
     }
     let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(produce(plan.steps, tx, stop));
+    tokio::spawn(produce(plan.steps, tx, state, stop));
     let mut resp = Response::new(Body::Stream(rx));
     *resp.status_mut() = StatusCode::from_u16(plan.status).unwrap_or(StatusCode::OK);
     add_headers(&mut resp, &plan.headers);
@@ -319,11 +361,20 @@ async fn respond(plan: Plan, mut stop: watch::Receiver<()>) -> io::Result<Respon
 async fn produce(
     steps: Vec<Step>,
     tx: mpsc::Sender<io::Result<Bytes>>,
+    state: Arc<State>,
     mut stop: watch::Receiver<()>,
 ) {
+    let mut times = None;
     for step in steps {
         match step {
             Step::Bytes(b) => {
+                if tx.send(Ok(b)).await.is_err() {
+                    return;
+                }
+            }
+            Step::Token(b) => {
+                times = Some(TokenTimes::then(times, Instant::now()));
+                *lock(&state.tokens) = times;
                 if tx.send(Ok(b)).await.is_err() {
                     return;
                 }

@@ -44,6 +44,10 @@ pub(crate) fn plan(s: &Scenario, model: &str, usage: Usage) -> Plan {
     Plan::stream(w.steps)
 }
 
+fn event_bytes(name: &str, data: &Value) -> Bytes {
+    Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+}
+
 /// The stop reason and the output tokens of the whole answer.
 fn outcome(s: &Scenario) -> (&'static str, u64) {
     let Answer::Message { text, tool } = &s.answer else {
@@ -70,9 +74,7 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     fn event(&mut self, name: &str, data: Value) {
-        self.steps.push(Step::Bytes(Bytes::from(format!(
-            "event: {name}\ndata: {data}\n\n"
-        ))));
+        self.steps.push(Step::Bytes(event_bytes(name, &data)));
     }
 
     fn wait(&mut self) {
@@ -135,6 +137,13 @@ impl Writer<'_> {
         );
     }
 
+    /// A delta that counts as a token: [`Step::Token`], its sending time recorded.
+    fn token(&mut self, index: usize, delta: Value) {
+        let data = json!({ "type": "content_block_delta", "index": index, "delta": delta });
+        self.steps
+            .push(Step::Token(event_bytes("content_block_delta", &data)));
+    }
+
     fn stop_block(&mut self, index: usize) {
         self.event(
             "content_block_stop",
@@ -176,7 +185,7 @@ impl Writer<'_> {
                     *index.insert(i)
                 }
             };
-            self.delta(i, delta(piece));
+            self.token(i, delta(piece));
             self.counted += 1;
             if self.counted == 1 && self.s.unknown_event {
                 self.event(

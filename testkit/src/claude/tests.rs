@@ -209,6 +209,12 @@ async fn timing_spaces_the_deltas() {
     assert!(first >= first_token, "{first:?}");
     resp.text().await.unwrap();
     assert!(started.elapsed() >= first_token + Duration::from_millis(120));
+    let tokens = claude
+        .last_tokens()
+        .expect("the stream's tokens were timed");
+    assert_eq!(tokens.count, 4);
+    assert!(tokens.first - started >= first_token, "{tokens:?}");
+    assert!(tokens.last - tokens.first >= Duration::from_millis(120));
     let started = Instant::now();
     post(&claude, &ask(false, "hi")).await.text().await.unwrap();
     assert!(
