@@ -100,12 +100,12 @@ impl Settings {
     }
 }
 
-/// What the Lambda service sets for a `provided.al2023` function (256 MB, as in template.yaml).
+/// What the Lambda service sets for a `provided.al2023` function (128 MB, as in template.yaml).
 pub fn lambda_env(name: &str, api: SocketAddr) -> Vec<(String, String)> {
     [
         ("AWS_LAMBDA_RUNTIME_API", api.to_string()),
         ("AWS_LAMBDA_FUNCTION_NAME", format!("support-chat-{name}")),
-        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256".into()),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128".into()),
         ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".into()),
         (
             "AWS_LAMBDA_LOG_STREAM_NAME",
