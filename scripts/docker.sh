@@ -67,9 +67,12 @@ apt_install() {
   command -v apt-get >/dev/null || die "no apt-get on this machine: install $* yourself"
   log "installing $* from the distribution (apt-get)"
   export DEBIAN_FRONTEND=noninteractive
-  timeout 300 apt-get update -qq >&2 || die "apt-get update failed"
-  timeout 600 apt-get install -y -qq --no-install-recommends "$@" >&2 \
-    || die "apt-get install $* failed"
+  mkdir -p "$LOCAL"
+  if ! { timeout 300 apt-get update -qq && timeout 600 apt-get install -y -qq --no-install-recommends "$@"; } \
+      >"$LOCAL/apt.log" 2>&1 </dev/null 9>&-; then
+    tail -n 30 "$LOCAL/apt.log" >&2
+    die "apt-get install $* failed (log: $LOCAL/apt.log)"
+  fi
 }
 
 daemon_answers() { timeout 10 docker info >/dev/null 2>&1; }
