@@ -68,7 +68,13 @@ apt_install() {
   log "installing $* from the distribution (apt-get)"
   export DEBIAN_FRONTEND=noninteractive
   mkdir -p "$LOCAL"
-  if ! { timeout 300 apt-get update -qq && timeout 600 apt-get install -y -qq --no-install-recommends "$@"; } \
+  # Package lists refreshed within the hour are used as they are (one
+  # `apt-get update` per run, not one per package); an install that fails
+  # with them is retried after an update.
+  local fresh=
+  [ -n "$(find /var/lib/apt/lists -maxdepth 0 -mmin -60 2>/dev/null)" ] && fresh=1
+  if ! { { [ -n "$fresh" ] && timeout 600 apt-get install -y -qq --no-install-recommends "$@"; } \
+      || { timeout 300 apt-get update -qq && timeout 600 apt-get install -y -qq --no-install-recommends "$@"; }; } \
       >"$LOCAL/apt.log" 2>&1 </dev/null 9>&-; then
     tail -n 30 "$LOCAL/apt.log" >&2
     die "apt-get install $* failed (log: $LOCAL/apt.log)"
@@ -83,11 +89,24 @@ our_dockerd() {
     && tr '\0' ' ' <"/proc/$(cat "$PIDFILE")/cmdline" 2>/dev/null | grep -q dockerd
 }
 
-start() {
-  mkdir -p "$LOCAL"
-  exec 9>"$LOCAL/docker.lock"
-  flock -w 120 9 || die "another docker.sh holds $LOCAL/docker.lock"
+# fd 9: this script's lock (one start, stop or image build at a time).
+lock() {
+  mkdir -p "$LOCAL" 2>/dev/null && { exec 9>"$LOCAL/$1"; } 2>/dev/null \
+    || die "cannot write $LOCAL/$1 (run as the checkout's owner, or as root)"
+  flock -w "$2" 9 || die "another docker.sh holds $LOCAL/$1"
+}
 
+start() {
+  if command -v docker >/dev/null && daemon_answers; then
+    if our_dockerd; then log "dockerd (pid $(cat "$PIDFILE")) answers"; else log "using the running Docker daemon"; fi
+    return
+  fi
+  if ! is_root; then
+    local why="no docker client"
+    command -v docker >/dev/null && why=$({ docker info 2>&1 || true; } | tail -n1)
+    die "no Docker daemon answers ($why); installing or starting one needs root: start Docker yourself, or run as root"
+  fi
+  lock docker.lock 120
   command -v docker >/dev/null || [ -x /usr/sbin/dockerd ] || apt_install docker.io
   command -v docker >/dev/null || die "no docker client on PATH after installing docker.io"
   if daemon_answers; then
@@ -104,7 +123,7 @@ start() {
   log "starting /usr/sbin/dockerd --userland-proxy=false (log: $LOGFILE)"
   # setsid: its own session, so the caller's terminal signals do not reach it;
   # fd 9 (our lock) must not be inherited, or the lock would outlive us.
-  setsid /usr/sbin/dockerd --userland-proxy=false >>"$LOGFILE" 2>&1 </dev/null 9>&- &
+  setsid /usr/sbin/dockerd --userland-proxy=false >"$LOGFILE" 2>&1 </dev/null 9>&- &
   local pid=$! i
   printf '%s\n' "$pid" >"$PIDFILE"
   for i in $(seq 1 $((START_SECS * 5))); do
@@ -116,15 +135,18 @@ start() {
     sleep 0.2
   done
   tail -n 30 "$LOGFILE" >&2 || true
-  kill -TERM "$pid" 2>/dev/null || true
   rm -f "$PIDFILE"
-  die "dockerd did not answer within ${START_SECS}s (its log above: $LOGFILE); Docker cannot run on this machine as it is"
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    die "dockerd did not answer within ${START_SECS}s (its log above: $LOGFILE); Docker cannot run on this machine as it is"
+  fi
+  wait "$pid" 2>/dev/null && i=0 || i=$?
+  die "dockerd exited (status $i; its log above: $LOGFILE); Docker cannot run on this machine as it is"
 }
 
 stop() {
-  mkdir -p "$LOCAL"
-  exec 9>"$LOCAL/docker.lock"
-  flock -w 120 9 || die "another docker.sh holds $LOCAL/docker.lock"
+  [ -s "$PIDFILE" ] || [ -s "$BINFMT_MARK" ] || return 0
+  lock docker.lock 120
   if our_dockerd; then
     local pid i
     pid=$(cat "$PIDFILE")
@@ -287,9 +309,7 @@ image() {
   local arch=$1 name before after
   check_arch "$arch"
   name=$(image_name "$arch")
-  mkdir -p "$LOCAL"
-  exec 9>"$LOCAL/docker-image.lock"
-  flock -w 1200 9 || die "another docker.sh holds $LOCAL/docker-image.lock"
+  lock docker-image.lock 1200
   daemon_answers || die "no Docker daemon answers (scripts/docker.sh start)"
   before=$(docker image inspect --format '{{.Id}}' "$name" 2>/dev/null || true)
   if [ -n "$before" ] && ! is_standin "$name"; then
