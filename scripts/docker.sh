@@ -68,13 +68,14 @@ apt_install() {
   log "installing $* from the distribution (apt-get)"
   export DEBIAN_FRONTEND=noninteractive
   mkdir -p "$LOCAL"
-  # Package lists refreshed within the hour are used as they are (one
-  # `apt-get update` per run, not one per package); an install that fails
-  # with them is retried after an update.
-  local fresh=
-  [ -n "$(find /var/lib/apt/lists -maxdepth 0 -mmin -60 2>/dev/null)" ] && fresh=1
+  # Package lists this script refreshed within the hour are used as they
+  # are (one `apt-get update` per run, not one per package); an install that
+  # fails with them is retried after an update.
+  local stamp="$LOCAL/apt-updated" fresh=
+  [ -n "$(find "$stamp" -mmin -60 2>/dev/null)" ] && fresh=1
   if ! { { [ -n "$fresh" ] && timeout 600 apt-get install -y -qq --no-install-recommends "$@"; } \
-      || { timeout 300 apt-get update -qq && timeout 600 apt-get install -y -qq --no-install-recommends "$@"; }; } \
+      || { timeout 300 apt-get update -qq && touch "$stamp" \
+           && timeout 600 apt-get install -y -qq --no-install-recommends "$@"; }; } \
       >"$LOCAL/apt.log" 2>&1 </dev/null 9>&-; then
     tail -n 30 "$LOCAL/apt.log" >&2
     die "apt-get install $* failed (log: $LOCAL/apt.log)"
