@@ -2,7 +2,8 @@
 # `make test`: everything CI checks. Starts what is missing (PostgreSQL,
 # Redis, the TLS servers, PgBouncer, moto), then runs formatting, lints, the
 # layout and template checks, every Rust test, the end-to-end run through
-# cargo-lambda, and the chat widget in headless Chromium.
+# cargo-lambda, the same build through SAM's own emulator in Docker, the
+# OpenAPI check (schemathesis) and the chat widget in headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -36,6 +37,9 @@ cargo test --workspace --locked --no-fail-fast -- --test-threads 4
 
 step "end to end: sam build, cargo lambda watch and invoke"
 scripts/e2e.sh
+
+step "sam local: every fixture through sam local invoke, and sam local start-api, in Docker (arm64 under QEMU)"
+scripts/sam-local.sh
 
 step "schemathesis: the running service against docs/openapi.yaml"
 scripts/schemathesis.sh
