@@ -29,17 +29,21 @@ pub fn bound(timeout: Duration) -> Duration {
         .unwrap_or(timeout)
 }
 
+/// The time an invocation has left, from its context; `None` when the
+/// runtime gives no deadline (0, or already past).
+pub fn remaining(ctx: &lambda_http::lambda_runtime::Context) -> Option<Duration> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_millis() as u64;
+    let left = ctx.deadline.checked_sub(now_ms).filter(|ms| *ms > 0)?;
+    Some(Duration::from_millis(left))
+}
+
 /// A scheduled invocation's deadline, from its context (`fallback` when
 /// the runtime gives none, as in local runs).
 pub fn of_invocation(ctx: &lambda_http::lambda_runtime::Context, fallback: Duration) -> Instant {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    match ctx.deadline.saturating_sub(now_ms) {
-        0 => Instant::now() + fallback,
-        left => Instant::now() + Duration::from_millis(left),
-    }
+    Instant::now() + remaining(ctx).unwrap_or(fallback)
 }
 
 #[cfg(test)]

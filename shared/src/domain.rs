@@ -261,11 +261,15 @@ impl HandoffReason {
 /// characters other than newline and tab (NUL included) removed, then
 /// surrounding whitespace trimmed.
 pub fn clean_text(raw: &str) -> String {
-    let cleaned: String = raw
-        .chars()
+    strip_controls(raw).trim().to_owned()
+}
+
+/// `raw` without control characters other than newline and tab (for text
+/// shown piece by piece, where trimming each piece would eat its spaces).
+pub fn strip_controls(raw: &str) -> String {
+    raw.chars()
         .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
-        .collect();
-    cleaned.trim().to_owned()
+        .collect()
 }
 
 /// A handoff event with what its webhook body needs.

@@ -15,7 +15,7 @@ use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 use tokio::sync::mpsc;
 use tracing::{Instrument, Span, error, info, info_span};
 
@@ -44,15 +44,11 @@ impl Meta {
                 _ => None,
             })
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let deadline = req.lambda_context_ref().and_then(|c| {
-            let now_ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .ok()?
-                .as_millis() as u64;
-            // cargo-lambda and the real runtime both set this; 0 means "none".
-            (c.deadline > now_ms)
-                .then(|| Instant::now() + Duration::from_millis(c.deadline - now_ms))
-        });
+        // cargo-lambda and the real runtime both set it.
+        let deadline = req
+            .lambda_context_ref()
+            .and_then(crate::deadline::remaining)
+            .map(|left| Instant::now() + left);
         Meta {
             request_id,
             origin: req

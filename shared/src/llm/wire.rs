@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::context::ApiMessage;
-use crate::domain::{FallbackReason, HandoffReason, Usage, clean_text};
+use crate::domain::{FallbackReason, HandoffReason, Usage, clean_text, strip_controls};
 
 /// The tool Claude calls to hand the shopper to a person.
 pub const HAND_OFF_TOOL: &str = "hand_off";
@@ -307,10 +307,7 @@ impl StreamState {
 
     fn text(&mut self, t: &str) -> Step {
         self.parsed.text.push_str(t);
-        let shown: String = t
-            .chars()
-            .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
-            .collect();
+        let shown = strip_controls(t);
         if shown.is_empty() {
             Step::Nothing
         } else {

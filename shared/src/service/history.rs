@@ -85,18 +85,10 @@ impl App {
 
     /// `RATE_LIMIT_HISTORY_PER_IP_PER_MINUTE`; fails open when Redis does.
     async fn check_history_limit(&self, client_ip: Option<&str>) -> Result<()> {
-        let (Some(cache), Some(ip)) = (&self.cache, client_ip) else {
+        let Some(ip) = client_ip else {
             return Ok(());
         };
-        let limits = self.config.limits;
-        let charges = [(Subject::HistoryIp(ip), limits.history_per_ip)];
-        match cache.check_limits(&charges, limits.window).await {
-            Ok(None) => Ok(()),
-            Ok(Some(retry_after)) => Err(Error::RateLimited { retry_after }),
-            Err(e) => {
-                super::send::rate_limits_off(&e);
-                Ok(())
-            }
-        }
+        let charges = [(Subject::HistoryIp(ip), self.config.limits.history_per_ip)];
+        self.charge(&charges).await
     }
 }

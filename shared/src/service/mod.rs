@@ -12,11 +12,11 @@ pub use notify::{NotifyReport, deliver_due};
 pub use send::{Pending, SendMessage, SendOutcome, Started};
 
 use std::time::{Duration, Instant};
-use tracing::warn;
+use tracing::{info, warn};
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Subject};
 use crate::config::{Config, ConfigError};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::llm::Claude;
 use crate::metrics::{Doc, Metrics};
 use crate::notify::Notifier;
@@ -109,6 +109,30 @@ impl App {
 
     pub fn cache(&self) -> Option<&Cache> {
         self.cache.as_ref()
+    }
+
+    /// Charges the rate limits (one Redis round trip); `RateLimited` when one
+    /// is exceeded. Without Redis there are no limits; when Redis fails the
+    /// request is allowed (fail open), and the log says why.
+    async fn charge(&self, charges: &[(Subject<'_>, u32)]) -> Result<()> {
+        let Some(cache) = &self.cache else {
+            return Ok(());
+        };
+        match cache.check_limits(charges, self.config.limits.window).await {
+            Ok(None) => Ok(()),
+            Ok(Some(retry_after)) => {
+                info!(retry_after_s = retry_after.as_secs(), "rate limited");
+                Err(Error::RateLimited { retry_after })
+            }
+            Err(e) if crate::cache::is_out_of_memory(&e) => {
+                warn!(error = %e, "rate limits are off: Redis refuses writes (out of memory); allowing the request");
+                Ok(())
+            }
+            Err(e) => {
+                warn!(error = %e, "rate limit check failed; allowing the request (fail open)");
+                Ok(())
+            }
+        }
     }
 
     /// The retention cleanup, on this app's store.

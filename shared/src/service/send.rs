@@ -269,9 +269,6 @@ impl App {
     }
 
     async fn check_rate_limits(&self, req: &SendMessage) -> Result<()> {
-        let Some(cache) = &self.cache else {
-            return Ok(());
-        };
         let limits = self.config.limits;
         let mut charges = Vec::with_capacity(2);
         if let Some(sid) = req.session_id {
@@ -280,17 +277,7 @@ impl App {
         if let Some(ip) = req.client_ip.as_deref() {
             charges.push((Subject::Ip(ip), limits.per_ip));
         }
-        match cache.check_limits(&charges, limits.window).await {
-            Ok(None) => Ok(()),
-            Ok(Some(retry_after)) => {
-                info!(retry_after_s = retry_after.as_secs(), "rate limited");
-                Err(Error::RateLimited { retry_after })
-            }
-            Err(e) => {
-                rate_limits_off(&e);
-                Ok(())
-            }
-        }
+        self.charge(&charges).await
     }
 
     /// Frees the session's cache entry; a stale entry is never served
@@ -300,15 +287,6 @@ impl App {
         if let Err(e) = cache.invalidate(sid).await {
             warn!(error = %e, "cache entry not deleted; it will not be served (stale version)");
         }
-    }
-}
-
-/// Failing open, said loudly: with Redis refusing writes, nothing is counted.
-pub(super) fn rate_limits_off(e: &crate::cache::CacheError) {
-    if crate::cache::is_out_of_memory(e) {
-        warn!(error = %e, "rate limits are off: Redis refuses writes (out of memory); allowing the request");
-    } else {
-        warn!(error = %e, "rate limit check failed; allowing the request (fail open)");
     }
 }
 

@@ -124,36 +124,14 @@ async fn pump(
     }
 }
 
-async fn pg_addr(url: &str) -> std::net::SocketAddr {
-    let rest = url.split("://").nth(1).unwrap();
-    let hostport = rest
-        .split('@')
-        .next_back()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap();
-    let hostport = if hostport.contains(':') {
-        hostport.to_owned()
-    } else {
-        format!("{hostport}:5432")
-    };
-    tokio::net::lookup_host(hostport)
-        .await
-        .unwrap()
-        .next()
-        .unwrap()
-}
-
 /// A harness whose app reaches its database through a [`Proxy`].
 async fn behind_proxy(extra: &[(&str, &str)]) -> (Harness, Proxy) {
     let mut h = Harness::new().await;
-    let proxy = Proxy::start(pg_addr(&h.db.url).await).await;
-    let url = h.db.url.replacen(
-        &pg_addr(&h.db.url).await.port().to_string(),
-        &proxy.port.to_string(),
-        1,
-    );
+    let target = pg_addr(&h.db.url).await;
+    let proxy = Proxy::start(target).await;
+    let url =
+        h.db.url
+            .replacen(&target.port().to_string(), &proxy.port.to_string(), 1);
     let url = url.replace("localhost:", "127.0.0.1:");
     let mut opts = Options::default();
     opts.extra.push(("DATABASE_URL".into(), url));

@@ -237,27 +237,7 @@ async fn with_the_database_unreachable_requests_get_503_quickly_and_recover_when
         .await
         .session_id();
 
-    let pg_addr: std::net::SocketAddr = {
-        // host:port of the test database server
-        let rest = h.db.url.split("://").nth(1).unwrap();
-        let hostport = rest
-            .split('@')
-            .next_back()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap();
-        let hostport = if hostport.contains(':') {
-            hostport.to_owned()
-        } else {
-            format!("{hostport}:5432")
-        };
-        tokio::net::lookup_host(hostport)
-            .await
-            .unwrap()
-            .next()
-            .unwrap()
-    };
+    let pg_addr = pg_addr(&h.db.url).await;
     let switch = Switch::start(pg_addr).await;
     let proxied = h.db.url.replacen(
         &format!(":{}/", pg_addr.port()),

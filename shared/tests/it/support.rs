@@ -507,3 +507,25 @@ impl LogBuffer {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
+
+/// `host:port` of the PostgreSQL server a database URL names.
+pub async fn pg_addr(url: &str) -> std::net::SocketAddr {
+    let rest = url.split("://").nth(1).unwrap();
+    let hostport = rest
+        .split('@')
+        .next_back()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    let hostport = if hostport.contains(':') {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:5432")
+    };
+    tokio::net::lookup_host(hostport)
+        .await
+        .unwrap()
+        .next()
+        .unwrap()
+}
